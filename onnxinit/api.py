@@ -1,0 +1,69 @@
+"""Python API mirroring the CLI."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .errors import OnnxInitError
+from .graph import Graph
+from .model_io import load_model, save_model
+from .moments import Moments
+from .propagate import propagate
+from .report import Report
+from .rules import RuleTable
+from .schemes.autoinit import AutoInit
+
+__all__ = ["autoinit", "load_model", "save_model", "write_payload"]
+
+
+def write_payload(tensor: onnx.TensorProto, value: np.ndarray) -> None:
+    """Replace a tensor's values in place; name, dims, type and doc string stay."""
+    target = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    value = np.ascontiguousarray(np.asarray(value).astype(target, copy=False)).reshape(tuple(tensor.dims))
+    for f in ("float_data", "double_data", "int32_data", "int64_data", "raw_data"):
+        tensor.ClearField(f)
+    tensor.raw_data = value.tobytes()
+
+
+def _as_model(model_or_path) -> tuple[onnx.ModelProto, str]:
+    if isinstance(model_or_path, onnx.ModelProto):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model_or_path)
+        return copy, "<model>"
+    if isinstance(model_or_path, (str, Path)):
+        return load_model(model_or_path), str(model_or_path)
+    raise TypeError("expected an onnx.ModelProto or a path")
+
+
+def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rules=(),
+             input_mean: float = 0.0, input_var: float = 1.0, progress=None, return_report: bool = False):
+    """AutoInit a model: every weighted layer's output gets mean 0 and variance 1.
+
+    Returns the new ``onnx.ModelProto`` (the input is never modified), or
+    ``(model, Report)`` with ``return_report=True``.
+    """
+    start = time.perf_counter()
+    if input_var < 0 or not np.isfinite(input_var) or not np.isfinite(input_mean):
+        raise OnnxInitError("input moments must be finite, with a non-negative variance")
+    model, source = _as_model(model_or_path)
+    graph = Graph(model)
+    if not any(graph.is_weight(t.name) for t in model.graph.initializer) and not graph.constant_nodes:
+        raise OnnxInitError(f"{source}: the model has no float weights to initialize")
+    table = RuleTable(rules)
+    scheme = AutoInit(graph, seed=seed, distribution=distribution)
+    result = propagate(graph, table, Moments(input_mean, input_var), scheme, progress)
+    for name, value in scheme.new_values.items():
+        write_payload(graph.weight_tensor(name), value)
+    report = Report(
+        command="autoinit", model=source, output=None, seed=seed,
+        options={"distribution": distribution, "input_mean": input_mean, "input_var": input_var,
+                 "rules": [str(r) for r in rules]},
+        layers=result.layers, kinds_used=result.kinds_used, fallbacks=result.fallbacks,
+        warnings=result.warnings,
+        output_moments={o: result.moments[o] for o in graph.outputs if o in result.moments},
+        seconds=time.perf_counter() - start)
+    return (model, report) if return_report else model

@@ -1,0 +1,203 @@
+"""A read-only view of an ONNX graph: order, producers, consumers, weights, shapes, signal."""
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from functools import cached_property
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+from .errors import OnnxInitError
+
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+               onnx.TensorProto.BFLOAT16}
+# Ops whose outputs describe a tensor's shape, never its values.
+SHAPE_OPS = {"Shape", "Size"}
+LIGHT_LIMIT = 1024  # initializers above this many elements are stubbed out for shape inference
+
+
+class Graph:
+    """Nodes in topological order plus lookups; never modifies the model."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.graph = model.graph
+        self.opsets = {o.domain or "": o.version for o in model.opset_import}
+        self.initializers = {t.name: t for t in self.graph.initializer}
+        self.constant_nodes = {n.output[0]: n for n in self.graph.node
+                               if n.op_type == "Constant" and n.domain in ("", "ai.onnx")}
+        self.inputs = [i.name for i in self.graph.input if i.name not in self.initializers]
+        self.outputs = [o.name for o in self.graph.output]
+        self.nodes = self._topological_order()
+        self.producer = {out: node for node in self.nodes for out in node.output if out}
+        self.consumers = defaultdict(list)
+        for node in self.nodes:
+            for name in node.input:
+                if name:
+                    self.consumers[name].append(node)
+        self._values: dict[str, np.ndarray] = {}
+
+    def _topological_order(self):
+        nodes = list(self.graph.node)
+        produced = {out: i for i, n in enumerate(nodes) for out in n.output if out}
+        deps = [set() for _ in nodes]
+        users = defaultdict(list)
+        for i, node in enumerate(nodes):
+            for name in node.input:
+                j = produced.get(name)
+                if j is not None and j != i and j not in deps[i]:
+                    deps[i].add(j)
+                    users[j].append(i)
+        ready = deque(i for i in range(len(nodes)) if not deps[i])
+        order = []
+        remaining = [len(d) for d in deps]
+        while ready:
+            i = ready.popleft()
+            order.append(nodes[i])
+            for k in users[i]:
+                remaining[k] -= 1
+                if remaining[k] == 0:
+                    ready.append(k)
+        if len(order) != len(nodes):
+            raise OnnxInitError("the graph has a cycle")
+        return order
+
+    # --- types and shapes -------------------------------------------------
+    @cached_property
+    def _value_infos(self):
+        """name -> ValueInfoProto from shape inference on a copy without large payloads."""
+        light = _copy_light(self.model, onnx.ModelProto())
+        _stub_large_initializers(light)
+        try:
+            inferred = shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+        except Exception:  # noqa: BLE001 - inference is best effort; fall back to declared types
+            inferred = light
+        infos = {}
+        for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+            infos[vi.name] = vi
+        return infos
+
+    def elem_type(self, name: str) -> int | None:
+        if name in self.initializers:
+            return self.initializers[name].data_type
+        if name in self.constant_nodes:
+            value = self.constant_value(name)
+            return None if value is None else onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+        vi = self._value_infos.get(name)
+        if vi is not None and vi.type.HasField("tensor_type"):
+            return vi.type.tensor_type.elem_type or None
+        return None
+
+    def shape(self, name: str):
+        """Tuple of ints (or str for symbolic, None for unknown dims); None if rank unknown."""
+        if name in self.initializers:
+            return tuple(self.initializers[name].dims)
+        vi = self._value_infos.get(name)
+        if vi is None or not vi.type.tensor_type.HasField("shape"):
+            return None
+        dims = []
+        for d in vi.type.tensor_type.shape.dim:
+            dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+        return tuple(dims)
+
+    def rank(self, name: str, default: int | None = None):
+        shape = self.shape(name)
+        return default if shape is None else len(shape)
+
+    def static_dims(self, name: str):
+        shape = self.shape(name)
+        return None if shape is None else [d if isinstance(d, int) and d > 0 else None for d in shape]
+
+    # --- weights and constants -------------------------------------------
+    def is_constant(self, name: str) -> bool:
+        return name in self.initializers or name in self.constant_nodes or name in self._values
+
+    def is_weight(self, name: str) -> bool:
+        """A float initializer or the float output of a Constant node."""
+        if name in self.initializers:
+            return self.initializers[name].data_type in FLOAT_TYPES
+        if name in self.constant_nodes:
+            return self.elem_type(name) in FLOAT_TYPES
+        return False
+
+    def weight_tensor(self, name: str) -> onnx.TensorProto | None:
+        """The TensorProto holding a weight's payload (initializer or Constant's value)."""
+        if name in self.initializers:
+            return self.initializers[name]
+        node = self.constant_nodes.get(name)
+        if node is not None:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    return attr.t
+        return None
+
+    def constant_value(self, name: str):
+        """numpy value of an initializer, Constant output or folded tensor; None if unknown."""
+        if name in self._values:
+            return self._values[name]
+        tensor = self.weight_tensor(name)
+        if tensor is None:
+            node = self.constant_nodes.get(name)
+            if node is None:
+                return None
+            from .op_eval import run_node
+            try:
+                value = run_node(node, [], self.opsets)[0]
+            except Exception:  # noqa: BLE001 - an unsupported Constant form carries no value
+                return None
+        else:
+            value = numpy_helper.to_array(tensor)
+        self._values[name] = value
+        return value
+
+    def set_value(self, name: str, value: np.ndarray) -> None:
+        """Record a folded constant or a rewritten weight's new value."""
+        self._values[name] = value
+
+    # --- signal ------------------------------------------------------------
+    @cached_property
+    def signal_tensors(self) -> set:
+        """Float tensors whose values depend on a graph input (not shape arithmetic)."""
+        signal = {n for n in self.inputs if self.elem_type(n) in FLOAT_TYPES or self.elem_type(n) is None}
+        carries = set(self.inputs)
+        for node in self.nodes:
+            if node.op_type in SHAPE_OPS:
+                continue
+            if any(i in carries for i in node.input if i):
+                for out in node.output:
+                    if out:
+                        carries.add(out)
+                        if self.elem_type(out) in FLOAT_TYPES or self.elem_type(out) is None:
+                            signal.add(out)
+        return {s for s in signal if self.elem_type(s) in FLOAT_TYPES or self.elem_type(s) is None}
+
+
+def _copy_light(model, light):
+    """Copy ``model`` into ``light`` without copying large initializer payloads twice."""
+    saved = []
+    for t in model.graph.initializer:
+        if len(t.raw_data) > LIGHT_LIMIT * 8:
+            saved.append((t, t.raw_data))
+            t.ClearField("raw_data")
+    try:
+        light.CopyFrom(model)
+    finally:
+        for t, raw in saved:
+            t.raw_data = raw
+    return light
+
+
+def _stub_large_initializers(model):
+    """Replace large initializers by typed graph inputs so inference need not read them."""
+    keep = []
+    for t in model.graph.initializer:
+        n = int(np.prod(t.dims)) if t.dims else 1
+        if n > LIGHT_LIMIT and t.data_type in FLOAT_TYPES:
+            if not any(i.name == t.name for i in model.graph.input):
+                model.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            keep.append(t)
+    if len(keep) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)

@@ -1,0 +1,23 @@
+"""Rule kinds: each is ``propagate(node, rule, ctx)``, implemented once for every op it serves.
+
+A kind reads its inputs' statistics from ``ctx`` and records its outputs'
+with ``ctx.set``. The rule table (rules/ops.toml) maps op types to kinds.
+"""
+from .elementwise import elementwise
+from .normalize import batchnorm, fixed
+from .pooling import pool
+from .structural import concat, dropout, identity, pad, reshape
+from .weighted import weighted
+
+KINDS = {
+    "weighted": weighted,
+    "elementwise": elementwise,
+    "batchnorm": batchnorm,
+    "dropout": dropout,
+    "pool": pool,
+    "reshape": reshape,
+    "identity": identity,
+    "concat": concat,
+    "pad": pad,
+    "fixed": fixed,
+}

@@ -1,0 +1,158 @@
+"""Weight layouts: ONNX weight tensors <-> canonical (output, input-channel, tap) arrays.
+
+Each weighted op stores its kernel its own way; every rule works on the
+canonical form ``C[j, i, t]``: output unit j, input channel i of j's group,
+kernel tap t. Then fan_in = C.shape[1] * C.shape[2] and
+    y_j = sum_{i,t} C[j, i, t] x_i(p + t) + b_j.
+Output units are ordered group by group, so group g is rows
+[g*out/groups, (g+1)*out/groups).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Layout:
+    kind: str                 # conv | conv_transpose | gemm | matmul
+    shape: tuple              # the ONNX weight's shape
+    groups: int = 1
+    trans_b: bool = False     # gemm: weight stored (out, in)
+    weight_first: bool = False  # matmul: W @ x instead of x @ W
+
+    @property
+    def canonical_shape(self):
+        s = self.shape
+        if self.kind == "conv":
+            return (s[0], s[1], int(np.prod(s[2:], dtype=np.int64)))
+        if self.kind == "conv_transpose":
+            return (s[1] * self.groups, s[0] // self.groups, int(np.prod(s[2:], dtype=np.int64)))
+        if self.kind == "gemm":
+            return (s[0], s[1], 1) if self.trans_b else (s[1], s[0], 1)
+        if self.kind == "matmul":
+            batch = int(np.prod(s[:-2], dtype=np.int64)) if len(s) > 2 else 1
+            if len(s) == 1:
+                return (1, s[0], 1)
+            rows, cols = s[-2], s[-1]
+            return (batch * rows, cols, 1) if self.weight_first else (batch * cols, rows, 1)
+        raise ValueError(f"unknown layout {self.kind!r}")
+
+    @property
+    def group_count(self) -> int:
+        """Number of independent output groups in the canonical form."""
+        if self.kind in ("conv", "conv_transpose"):
+            return self.groups
+        if self.kind == "matmul" and len(self.shape) > 2:
+            return int(np.prod(self.shape[:-2], dtype=np.int64))
+        return 1
+
+    @property
+    def fan_in(self) -> int:
+        _, channels, taps = self.canonical_shape
+        return channels * taps
+
+    def to_canonical(self, w: np.ndarray) -> np.ndarray:
+        out, fan, taps = self.canonical_shape
+        if self.kind == "conv":
+            return w.reshape(out, fan, taps)
+        if self.kind == "conv_transpose":
+            g = self.groups
+            return (w.reshape(g, fan, out // g, taps).transpose(0, 2, 1, 3).reshape(out, fan, taps))
+        if self.kind == "gemm":
+            return (w if self.trans_b else w.T).reshape(out, fan, 1)
+        if len(self.shape) == 1:
+            return w.reshape(1, fan, 1)
+        m = w.reshape((-1,) + tuple(self.shape[-2:]))
+        m = m if self.weight_first else np.swapaxes(m, 1, 2)
+        return m.reshape(out, fan, 1)
+
+    def from_canonical(self, c: np.ndarray) -> np.ndarray:
+        out, fan, taps = self.canonical_shape
+        if self.kind == "conv":
+            return c.reshape(self.shape)
+        if self.kind == "conv_transpose":
+            g = self.groups
+            return c.reshape(g, out // g, fan, taps).transpose(0, 2, 1, 3).reshape(self.shape)
+        if self.kind == "gemm":
+            m = c.reshape(out, fan)
+            return np.ascontiguousarray(m if self.trans_b else m.T)
+        if len(self.shape) == 1:
+            return c.reshape(self.shape)
+        rows, cols = self.shape[-2:]
+        m = c.reshape(-1, rows, cols) if self.weight_first else np.swapaxes(c.reshape(-1, cols, rows), 1, 2)
+        return np.ascontiguousarray(m).reshape(self.shape)
+
+
+def _conv_pads(node_attrs, in_sizes, kernel, strides, dilations):
+    """Begin pads per spatial dim, from `pads` or `auto_pad`."""
+    n = len(kernel)
+    auto = node_attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        begins = []
+        for size, k, s, d in zip(in_sizes, kernel, strides, dilations):
+            out = -(-size // s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+            begins.append(total // 2 if auto == "SAME_UPPER" else total - total // 2)
+        return begins, [None] * n
+    if auto == "VALID":
+        return [0] * n, [0] * n
+    pads = list(node_attrs.get("pads", [0] * (2 * n)))
+    return pads[:n], pads[n:]
+
+
+def conv_tap_masks(attrs, in_sizes, kernel):
+    """Which kernel taps land inside the input, and for what share of output positions.
+
+    Along one dim, output o and tap t read input o*s - pad + t*d, valid when it lies
+    in [0, size). Positions with the same valid-tap pattern are grouped (interior
+    plus a few border patterns); patterns of the dims combine by outer product.
+    Returns [(mask over the flattened taps, share of positions)], shares summing to 1.
+    Unknown sizes count as fully inside.
+    """
+    n = len(kernel)
+    strides = list(attrs.get("strides", [1] * n))
+    dilations = list(attrs.get("dilations", [1] * n))
+    begins, ends = _conv_pads(attrs, [s or 0 for s in in_sizes], kernel, strides, dilations)
+    per_dim = []
+    for size, k, s, d, pb, pe in zip(in_sizes, kernel, strides, dilations, begins, ends):
+        pe = pe if pe is not None else 0
+        out = (size + pb + pe - (k - 1) * d - 1) // s + 1 if size else 0
+        if out <= 0:
+            per_dim.append([(np.ones(k, bool), 1.0)])
+            continue
+        pos = np.arange(out)[:, None] * s - pb + np.arange(k)[None, :] * d
+        patterns, counts = np.unique((pos >= 0) & (pos < size), axis=0, return_counts=True)
+        per_dim.append([(p, c / out) for p, c in zip(patterns, counts)])
+    masks = [(np.ones(1, bool), 1.0)]
+    for options in per_dim:
+        masks = [(np.logical_and.outer(m, p).reshape(-1), f * g) for m, f in masks for p, g in options]
+    return masks
+
+
+def tap_fraction(masks) -> float:
+    """Average fraction of taps inside the input over output positions."""
+    return float(sum(share * mask.mean() for mask, share in masks))
+
+
+def conv_transpose_tap_fraction(attrs, in_sizes, kernel, out_sizes) -> float:
+    """Average number of (input, tap) pairs reaching an output position, over the kernel size.
+
+    ConvTranspose scatters, so its positions are summarized by this one fraction f
+    (used as a single all-taps pattern with share f)."""
+    n = len(kernel)
+    strides = list(attrs.get("strides", [1] * n))
+    dilations = list(attrs.get("dilations", [1] * n))
+    pads = list(attrs.get("pads", [0] * (2 * n)))
+    fraction = 1.0
+    for i, (size, k) in enumerate(zip(in_sizes, kernel)):
+        out = out_sizes[i] if out_sizes else None
+        if not size or not out:
+            fraction *= 1.0 / strides[i]
+            continue
+        pos = np.arange(size)[:, None] * strides[i] - pads[i] + np.arange(k)[None, :] * dilations[i]
+        hits = np.bincount(pos[(pos >= 0) & (pos < out)], minlength=out)
+        fraction *= float(hits.mean()) / k
+    return fraction

@@ -1,0 +1,149 @@
+"""Load and write ONNX models: external data checked and read, output written atomically."""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper
+
+from .errors import OnnxInitError
+
+TWO_GB = 2**31
+EXTERNAL_THRESHOLD = 1024  # tensors at least this many bytes go to the data file
+
+
+def _tensors_with_external_data(model: onnx.ModelProto):
+    for tensor in external_data_helper._get_all_tensors(model):
+        if tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.EXTERNAL:
+            yield tensor
+
+
+def check_external_data(model: onnx.ModelProto, model_dir: Path) -> None:
+    """Refuse external data that escapes the model's folder, is missing, or is short."""
+    root = model_dir.resolve()
+    for tensor in _tensors_with_external_data(model):
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        if not location:
+            raise OnnxInitError(f"tensor {tensor.name!r}: external data has no location")
+        if os.path.isabs(location):
+            raise OnnxInitError(f"tensor {tensor.name!r}: external data location {location!r} is absolute; "
+                                "it must be a path inside the model's folder")
+        target = (root / location).resolve()
+        if not target.is_relative_to(root):
+            raise OnnxInitError(f"tensor {tensor.name!r}: external data location {location!r} "
+                                f"resolves outside the model's folder {root}")
+        if not target.is_file():
+            raise OnnxInitError(f"tensor {tensor.name!r}: external data file {location!r} is missing")
+        offset = int(info.get("offset", 0) or 0)
+        length = info.get("length")
+        size = target.stat().st_size
+        if length is not None and offset + int(length) > size:
+            raise OnnxInitError(f"tensor {tensor.name!r}: external data file {location!r} is too short "
+                                f"({size} bytes, needs {offset + int(length)})")
+
+
+def load_model(path) -> onnx.ModelProto:
+    """Parse ``path`` and read its external data (checked to stay inside the model's folder)."""
+    path = Path(path)
+    if not path.exists():
+        raise OnnxInitError(f"{path}: no such file")
+    if path.is_dir():
+        raise OnnxInitError(f"{path}: is a directory, expected an .onnx file")
+    if path.stat().st_size == 0:
+        raise OnnxInitError(f"{path}: file is empty")
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError, RuntimeError) as exc:
+        raise OnnxInitError(f"{path}: not a valid ONNX model ({exc.__class__.__name__}: {exc})") from exc
+    if not model.HasField("graph") or (not model.graph.node and not model.graph.initializer):
+        raise OnnxInitError(f"{path}: not an ONNX model (no graph)")
+    check_external_data(model, path.parent)
+    try:
+        external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError) as exc:
+        raise OnnxInitError(f"{path}: cannot read external data ({exc})") from exc
+    return model
+
+
+def payload_bytes(model: onnx.ModelProto) -> int:
+    """Bytes held in tensor payloads (what decides the 2 GB protobuf limit)."""
+    total = 0
+    for tensor in external_data_helper._get_all_tensors(model):
+        total += len(tensor.raw_data) + 4 * (len(tensor.float_data) + len(tensor.int32_data)) \
+            + 8 * (len(tensor.int64_data) + len(tensor.double_data))
+    return total
+
+
+def data_file_name(output: Path) -> str:
+    return output.name + ".data"
+
+
+@contextmanager
+def _temp_in(folder: Path, suffix: str):
+    fd, name = tempfile.mkstemp(prefix=".onnxinit-", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def _serialize_with_external_data(model: onnx.ModelProto, data_path: Path, location: str) -> bytes:
+    """Model bytes with large tensors moved to ``data_path``; ``model`` is left as it was."""
+    moved = []
+    try:
+        with open(data_path, "wb") as data:
+            for tensor in external_data_helper._get_all_tensors(model):
+                if not tensor.HasField("raw_data") or len(tensor.raw_data) < EXTERNAL_THRESHOLD:
+                    continue
+                offset = data.tell()
+                data.write(tensor.raw_data)
+                moved.append((tensor, tensor.raw_data))
+                tensor.ClearField("raw_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                for key, value in (("location", location), ("offset", str(offset)),
+                                   ("length", str(len(moved[-1][1])))):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
+                pad = (-data.tell()) % 64
+                data.write(b"\0" * pad)
+        return model.SerializeToString()
+    finally:
+        for tensor, raw in moved:
+            tensor.raw_data = raw
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+
+
+def save_model(model: onnx.ModelProto, output, external_data: bool | None = None) -> list[Path]:
+    """Write ``model`` to ``output`` atomically (temp file in the same folder, then rename).
+
+    With ``external_data`` (default: when payloads exceed 2 GB) tensor payloads go to
+    ``<output>.data`` beside it. Returns the paths written.
+    """
+    output = Path(output)
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir():
+        raise OnnxInitError(f"{output}: output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise OnnxInitError(f"{output}: output folder {folder} is not writable")
+    if output.is_dir():
+        raise OnnxInitError(f"{output}: is a directory")
+    if external_data is None:
+        external_data = payload_bytes(model) >= TWO_GB - (64 << 20)
+    with _temp_in(folder, ".onnx") as tmp_model:
+        if not external_data:
+            tmp_model.write_bytes(model.SerializeToString())
+            os.replace(tmp_model, output)
+            return [output]
+        location = data_file_name(output)
+        with _temp_in(folder, ".data") as tmp_data:
+            tmp_model.write_bytes(_serialize_with_external_data(model, tmp_data, location))
+            os.replace(tmp_data, folder / location)
+            os.replace(tmp_model, output)
+    return [output, folder / location]

@@ -1,0 +1,41 @@
+"""Run one ONNX node on numpy arrays with ``onnx.reference`` (no ONNX Runtime needed)."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import onnx
+from onnx import helper
+from onnx.reference import ReferenceEvaluator
+
+
+def _standalone(node: onnx.NodeProto) -> onnx.NodeProto:
+    """The node with its inputs renamed i0, i1, ... and outputs o0, o1, ..."""
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    copy.name = ""
+    del copy.input[:]
+    copy.input.extend(f"i{i}" if name else "" for i, name in enumerate(node.input))
+    del copy.output[:]
+    copy.output.extend(f"o{i}" if name else "" for i, name in enumerate(node.output))
+    return copy
+
+
+@lru_cache(maxsize=512)
+def _evaluator(node_bytes: bytes, opsets: tuple) -> ReferenceEvaluator:
+    node = onnx.NodeProto.FromString(node_bytes)
+    inputs = [helper.make_value_info(n, onnx.TypeProto()) for n in node.input if n]
+    outputs = [helper.make_value_info(n, onnx.TypeProto()) for n in node.output if n]
+    graph = helper.make_graph([node], "one_node", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
+    return ReferenceEvaluator(model)
+
+
+def run_node(node: onnx.NodeProto, inputs: list, opsets: dict) -> list:
+    """Outputs of ``node`` for the given input arrays (None for an omitted optional input)."""
+    standalone = _standalone(node)
+    domain = node.domain or ""
+    versions = tuple(sorted((d, v) for d, v in opsets.items() if d in ("", domain)))
+    evaluator = _evaluator(standalone.SerializeToString(), versions)
+    feeds = {f"i{i}": np.asarray(a) for i, a in enumerate(inputs) if a is not None and node.input[i]}
+    return evaluator.run(None, feeds)

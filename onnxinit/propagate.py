@@ -1,0 +1,143 @@
+"""Walk the graph once in topological order, asking each node's rule for its outputs' moments."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .graph import Graph
+from .kinds import KINDS
+from .kinds.common import Unsupported, has_positions, signal_inputs
+from .moments import Moments
+from .op_eval import run_node
+from .quadrature import Expr, channel_stats, channelwise
+
+FOLD_LIMIT = 1 << 22  # constant subgraph outputs larger than this are not folded
+
+
+@dataclass
+class LayerRecord:
+    node: str
+    op_type: str
+    weight: str
+    fan_in: int
+    tap_fraction: float
+    input: Moments
+    output: Moments
+    std: float
+
+
+@dataclass
+class Propagation:
+    """State of one pass: moments and expressions per tensor, plus what happened."""
+
+    graph: Graph
+    scheme: object = None
+    moments: dict = field(default_factory=dict)
+    exprs: dict = field(default_factory=dict)
+    layers: list = field(default_factory=list)
+    kinds_used: dict = field(default_factory=dict)
+    fallbacks: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+    # --- what kinds use --------------------------------------------------
+    def is_signal(self, name: str) -> bool:
+        return name in self.moments
+
+    def value(self, name: str):
+        return self.graph.constant_value(name)
+
+    def rank(self, name: str):
+        return self.graph.rank(name)
+
+    def expr(self, name: str) -> Expr:
+        return self.exprs.get(name) or self.fresh_expr(name)
+
+    def fresh_expr(self, name: str) -> Expr:
+        """A new root for ``name``, keeping its per-channel (axis 1) statistics where known."""
+        m = self.moments[name]
+        rank = self.rank(name) or 1
+        dims = self.graph.static_dims(name)
+        current = self.exprs.get(name)
+        if current is not None and rank >= 2 and dims and dims[1]:
+            stats = channel_stats(current, 1, dims[1])
+            if stats is not None:
+                mean_c, shared_c, within_c = stats
+                total = float(np.sum(shared_c + within_c))
+                rho = float(np.sum(shared_c)) / total if total > 0 else 0.0
+                return channelwise(name, mean_c, shared_c + within_c, rho, rank, 1)
+        return Expr.leaf(name, m, rank)
+
+    def set(self, name: str, m: Moments, expr: Expr | None = None) -> None:
+        self.moments[name] = m.clamped() if np.isfinite(m.mean) and np.isfinite(m.var) else m
+        if expr is not None:
+            self.exprs[name] = expr
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    def record_layer(self, layer, m: Moments) -> None:
+        c = layer.layout.to_canonical(self.value(layer.weight))
+        self.layers.append(LayerRecord(layer.node.name or layer.node.output[0], layer.node.op_type, layer.weight,
+                                       layer.layout.fan_in, layer.tap_fraction, layer.input_moments, m,
+                                       float(np.sqrt(np.mean(np.square(c, dtype=np.float64))))))
+
+
+def _fold_constants(node, graph: Graph) -> None:
+    """Evaluate a node whose inputs are all known constants, so later rules can read its value."""
+    values = [graph.constant_value(n) if n else None for n in node.input]
+    if any(v is None for v, n in zip(values, node.input) if n):
+        return
+    if node.domain not in ("", "ai.onnx") or node.op_type in ("RandomNormal", "RandomUniform",
+                                                              "RandomNormalLike", "RandomUniformLike"):
+        return
+    try:
+        outputs = run_node(node, values, graph.opsets)
+    except Exception:  # noqa: BLE001 - an op the reference cannot run stays unknown
+        return
+    for name, value in zip([o for o in node.output if o], outputs):
+        value = np.asarray(value)
+        if value.size <= FOLD_LIMIT:
+            graph.set_value(name, value)
+
+
+def _passthrough(node, ctx: Propagation, reason: str) -> None:
+    """No rule could handle the node: warn and give its float outputs the first input's moments."""
+    key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+    ctx.fallbacks[key] = ctx.fallbacks.get(key, 0) + 1
+    ctx.warn(f"{key} ({node.name or node.output[0]}): {reason}; statistics passed through unchanged")
+    source = ctx.moments[signal_inputs(node, ctx)[0]]
+    for out in node.output:
+        if out and out in ctx.graph.signal_tensors:
+            rank = ctx.rank(out)
+            ctx.set(out, source.without_positions() if rank is not None and not has_positions(rank) else source)
+
+
+def propagate(graph: Graph, rules, input_moments: Moments, scheme=None, progress=None) -> Propagation:
+    """Moments of every signal tensor; with a scheme, weights are drawn on the way."""
+    ctx = Propagation(graph, scheme)
+    for name in graph.inputs:
+        if name in graph.signal_tensors:
+            rank = graph.rank(name)
+            m = Moments(input_moments.mean, input_moments.var, 0.0)
+            ctx.set(name, m.without_positions() if not has_positions(rank) else m)
+    for node in graph.nodes:
+        if progress is not None:
+            progress(node)
+        if not signal_inputs(node, ctx):
+            if node.op_type != "Constant":
+                _fold_constants(node, graph)
+            continue
+        if not any(o in graph.signal_tensors for o in node.output if o):
+            continue
+        rule = rules.lookup(node)
+        if rule is None:
+            _passthrough(node, ctx, "no rule for this op")
+            continue
+        try:
+            KINDS[rule.kind](node, rule, ctx)
+            ctx.kinds_used[rule.kind] = ctx.kinds_used.get(rule.kind, 0) + 1
+        except Unsupported as exc:
+            _passthrough(node, ctx, str(exc))
+    return ctx

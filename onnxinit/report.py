@@ -1,0 +1,65 @@
+"""What a run did: per-layer records, rule kinds, fallbacks, warnings; as text or JSON."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from . import __version__
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Report:
+    command: str
+    model: str
+    output: str | None
+    seed: int | None
+    options: dict
+    layers: list
+    kinds_used: dict
+    fallbacks: dict
+    warnings: list
+    output_moments: dict
+    seconds: float = 0.0
+    structural_changes: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "schema": "onnxinit-report", "schema_version": SCHEMA_VERSION, "tool_version": __version__,
+            "command": self.command, "model": self.model, "output": self.output, "seed": self.seed,
+            "options": self.options, "seconds": round(self.seconds, 3),
+            "layers": [{"node": r.node, "op_type": r.op_type, "weight": r.weight, "fan_in": r.fan_in,
+                        "tap_fraction": r.tap_fraction, "weight_std": r.std,
+                        "input": r.input.as_dict(), "output": r.output.as_dict()} for r in self.layers],
+            "kinds_used": self.kinds_used, "fallbacks": self.fallbacks, "warnings": self.warnings,
+            "structural_changes": self.structural_changes,
+            "output_moments": {k: m.as_dict() for k, m in self.output_moments.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2)
+
+    def summary(self) -> str:
+        lines = [f"onnxinit {self.command}: {self.model}" + (f" -> {self.output}" if self.output else "")]
+        lines.append(f"  weighted layers initialized: {len(self.layers)}")
+        if self.layers:
+            worst = max(self.layers, key=lambda r: abs(r.output.var - 1.0))
+            lines.append(f"  predicted output of every weighted layer: mean 0, variance 1 "
+                         f"(largest deviation {worst.output.var:.4g} at {worst.node})")
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.kinds_used.items()))
+        lines.append(f"  ops by rule kind: {kinds or 'none'}")
+        if self.fallbacks:
+            lines.append("  passed through without a rule: " +
+                         ", ".join(f"{k} x{v}" for k, v in sorted(self.fallbacks.items())))
+        for name, m in self.output_moments.items():
+            lines.append(f"  model output {name}: predicted mean {m.mean:.4g}, variance {m.var:.4g}")
+        for change in self.structural_changes:
+            lines.append(f"  changed: {change}")
+        shown = self.warnings[:10]
+        for w in shown:
+            lines.append(f"  warning: {w}")
+        if len(self.warnings) > len(shown):
+            lines.append(f"  ... {len(self.warnings) - len(shown)} more warnings (see --json)")
+        lines.append(f"  time: {self.seconds:.2f} s")
+        return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Initialization schemes: functions of (layer, moments so far, options, rng) -> weight arrays."""

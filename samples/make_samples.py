@@ -1,0 +1,137 @@
+"""Export the bundled sample models (needs torch; the product never imports it).
+
+    python samples/make_samples.py [OUTDIR]
+
+Each sample is a small real PyTorch export (< 5 MB) with a dynamic batch axis,
+left with PyTorch's default initialization so the tools have something to fix.
+"""
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+OPSET = 17
+
+
+def deep_relu_mlp(depth=20, width=128, n_in=64, n_out=10):
+    layers = [nn.Linear(n_in, width), nn.ReLU()]
+    for _ in range(depth - 2):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    layers.append(nn.Linear(width, n_out))
+    return nn.Sequential(*layers), (n_in,)
+
+
+def selu_mlp(depth=12, width=128, n_in=64, n_out=10):
+    layers = [nn.Linear(n_in, width), nn.SELU()]
+    for _ in range(depth - 2):
+        layers += [nn.Linear(width, width), nn.SELU(), nn.Dropout(0.1)]
+    layers.append(nn.Linear(width, n_out))
+    return nn.Sequential(*layers), (n_in,)
+
+
+def plain_cnn():
+    """No normalization; grouped and depthwise convs, max and average pooling."""
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1, groups=4), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.ReLU(),
+        nn.Conv2d(64, 64, 1), nn.AvgPool2d(2), nn.ReLU(),
+        nn.Conv2d(64, 128, 3, padding=1, stride=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10),
+    ), (3, 32, 32)
+
+
+def swish_cnn():
+    """SiLU (exported as x*Sigmoid(x)), GELU (Erf form), dropout, hard-swish."""
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.SiLU(),
+        nn.Conv2d(32, 64, 3, padding=1, stride=2), nn.GELU(),
+        nn.Conv2d(64, 64, 3, padding=1), nn.Hardswish(), nn.Dropout(0.2),
+        nn.Conv2d(64, 64, 3, padding=1, stride=2), nn.SiLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 64), nn.Tanh(),
+        nn.Linear(64, 10),
+    ), (3, 32, 32)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in, c_out, stride, norm):
+        super().__init__()
+        bias = not norm
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=bias)
+        self.bn1 = nn.BatchNorm2d(c_out) if norm else nn.Identity()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=bias)
+        self.bn2 = nn.BatchNorm2d(c_out) if norm else nn.Identity()
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=bias),
+                nn.BatchNorm2d(c_out) if norm else nn.Identity())
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for CIFAR (He et al. 2016), projection shortcuts."""
+
+    def __init__(self, n=3, norm=False, widths=(16, 32, 64), n_classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, widths[0], 3, 1, 1, bias=not norm)
+        self.bn = nn.BatchNorm2d(widths[0]) if norm else nn.Identity()
+        blocks, c_in = [], widths[0]
+        for stage, width in enumerate(widths):
+            for i in range(n):
+                stride = 2 if (stage > 0 and i == 0) else 1
+                blocks.append(BasicBlock(c_in, width, stride, norm))
+                c_in = width
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(c_in, n_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        x = self.blocks(x)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+SAMPLES = {
+    # name: (builder, export in training mode?)
+    "mlp_relu_deep": (deep_relu_mlp, False),
+    "mlp_selu_dropout": (selu_mlp, True),
+    "cnn_plain": (plain_cnn, False),
+    "cnn_swish": (swish_cnn, True),
+    "resnet20_nobn": (lambda: (CifarResNet(norm=False), (3, 32, 32)), False),
+    "resnet20_bn_train": (lambda: (CifarResNet(norm=True), (3, 32, 32)), True),
+}
+
+
+def export(name, outdir):
+    builder, training = SAMPLES[name]
+    torch.manual_seed(0)
+    model, in_shape = builder()
+    model.train(training)
+    mode = torch.onnx.TrainingMode.TRAINING if training else torch.onnx.TrainingMode.EVAL
+    path = Path(outdir) / f"{name}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, torch.randn(2, *in_shape), str(path), dynamo=False,
+            training=mode, do_constant_folding=not training, opset_version=OPSET,
+            input_names=["input"], output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    return path
+
+
+def main(outdir=None):
+    outdir = Path(outdir or Path(__file__).parent)
+    outdir.mkdir(parents=True, exist_ok=True)
+    for name in SAMPLES:
+        path = export(name, outdir)
+        print(f"{path}  {path.stat().st_size / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,73 @@
+"""CLI exit codes, atomic output, external-data checks."""
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from conftest import SAMPLES
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "onnxinit.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_cli_writes_model(tmp_path):
+    out = tmp_path / "out.onnx"
+    r = run("autoinit", SAMPLES[0], "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "weighted layers initialized" in r.stdout
+    onnx.checker.check_model(onnx.load(out))
+    assert [p.name for p in tmp_path.iterdir()] == ["out.onnx"]
+
+
+def test_bad_inputs_exit_2_and_leave_nothing(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00\xffnot a model" * 10)
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    for bad in (tmp_path / "missing.onnx", tmp_path, empty, junk):
+        out = tmp_path / "o.onnx"
+        r = run("autoinit", bad, "-o", out)
+        assert r.returncode == 2, (bad, r.stderr)
+        assert "Traceback" not in r.stderr and r.stderr.startswith("error:")
+        assert not out.exists()
+
+
+def _model_with_external(tmp_path, location):
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    w.ClearField("raw_data")
+    w.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", "64")):
+        e = w.external_data.add()
+        e.key, e.value = k, v
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], [w])
+    path = tmp_path / "m" / "model.onnx"
+    path.parent.mkdir()
+    path.write_bytes(helper.make_model(g).SerializeToString())
+    return path
+
+
+def test_external_data_escaping_folder_refused(tmp_path):
+    for i, kind in enumerate(("dotdot", "absolute", "missing")):
+        d = tmp_path / f"case{i}"
+        d.mkdir()
+        (tmp_path / "secret.bin").write_bytes(b"\0" * 64)
+        location = {"dotdot": "../../secret.bin", "absolute": str(tmp_path / "secret.bin"),
+                    "missing": "missing.bin"}[kind]
+        path = _model_with_external(d, location)
+        r = run("autoinit", path, "-o", d / "out.onnx")
+        assert r.returncode == 2, (kind, r.stderr)
+        assert not (d / "out.onnx").exists()
+
+
+def test_external_data_output_roundtrip(tmp_path):
+    out = tmp_path / "big.onnx"
+    r = run("autoinit", SAMPLES[0], "-o", out, "--external-data")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "big.onnx.data").exists()
+    import onnxruntime as ort
+    ort.InferenceSession(str(out))

@@ -10,7 +10,7 @@ from .kinds import KINDS
 from .kinds.common import Unsupported, has_positions, signal_inputs
 from .moments import Moments
 from .op_eval import run_node
-from .quadrature import Expr, channel_stats, channelwise
+from .signal import Signal, gaussian
 
 FOLD_LIMIT = 1 << 22  # constant subgraph outputs larger than this are not folded
 
@@ -34,7 +34,7 @@ class Propagation:
     graph: Graph
     scheme: object = None
     moments: dict = field(default_factory=dict)
-    exprs: dict = field(default_factory=dict)
+    signals: dict = field(default_factory=dict)
     layers: list = field(default_factory=list)
     kinds_used: dict = field(default_factory=dict)
     fallbacks: dict = field(default_factory=dict)
@@ -42,7 +42,7 @@ class Propagation:
 
     # --- what kinds use --------------------------------------------------
     def is_signal(self, name: str) -> bool:
-        return name in self.moments
+        return name in self.signals
 
     def value(self, name: str):
         return self.graph.constant_value(name)
@@ -50,38 +50,35 @@ class Propagation:
     def rank(self, name: str):
         return self.graph.rank(name)
 
-    def expr(self, name: str) -> Expr:
-        return self.exprs.get(name) or self.fresh_expr(name)
-
-    def fresh_expr(self, name: str) -> Expr:
-        """A new root for ``name``, keeping its per-channel (axis 1) statistics where known."""
-        m = self.moments[name]
-        rank = self.rank(name) or 1
+    def has_positions(self, name: str) -> bool:
+        """Rank >= 3 with some axis after the channel axis not known to be 1."""
+        rank = self.rank(name)
+        if rank is None or rank < 3:
+            return False
         dims = self.graph.static_dims(name)
-        current = self.exprs.get(name)
-        if current is not None and rank >= 2 and dims and dims[1]:
-            stats = channel_stats(current, 1, dims[1])
-            if stats is not None:
-                mean_c, shared_c, within_c = stats
-                total = float(np.sum(shared_c + within_c))
-                rho = float(np.sum(shared_c)) / total if total > 0 else 0.0
-                return channelwise(name, mean_c, shared_c + within_c, rho, rank, 1)
-        return Expr.leaf(name, m, rank)
+        return not dims or any(d != 1 for d in dims[2:])
 
-    def set(self, name: str, m: Moments, expr: Expr | None = None) -> None:
-        self.moments[name] = m.clamped() if np.isfinite(m.mean) and np.isfinite(m.var) else m
-        if expr is not None:
-            self.exprs[name] = expr
+    def signal(self, name: str) -> Signal:
+        return self.signals[name]
+
+    def set(self, name: str, signal: Signal) -> None:
+        self.signals[name] = signal
+        self.moments[name] = signal.moments()
+
+    def set_moments(self, name: str, m: Moments) -> None:
+        """A signal with pooled statistics only (no sites)."""
+        rank = self.rank(name) or 1
+        self.set(name, gaussian(name, m.mean, m.shared, m.within, (None,) * rank, self.has_positions(name)))
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
             self.warnings.append(message)
 
     def record_layer(self, layer, m: Moments) -> None:
-        c = layer.layout.to_canonical(self.value(layer.weight))
+        w = self.value(layer.weight)
         self.layers.append(LayerRecord(layer.node.name or layer.node.output[0], layer.node.op_type, layer.weight,
                                        layer.layout.fan_in, layer.tap_fraction, layer.input_moments, m,
-                                       float(np.sqrt(np.mean(np.square(c, dtype=np.float64))))))
+                                       float(np.sqrt(np.mean(np.square(w, dtype=np.float64))))))
 
 
 def _fold_constants(node, graph: Graph) -> None:
@@ -110,8 +107,7 @@ def _passthrough(node, ctx: Propagation, reason: str) -> None:
     source = ctx.moments[signal_inputs(node, ctx)[0]]
     for out in node.output:
         if out and out in ctx.graph.signal_tensors:
-            rank = ctx.rank(out)
-            ctx.set(out, source.without_positions() if rank is not None and not has_positions(rank) else source)
+            ctx.set_moments(out, source if ctx.has_positions(out) else source.without_positions())
 
 
 def propagate(graph: Graph, rules, input_moments: Moments, scheme=None, progress=None) -> Propagation:
@@ -119,9 +115,8 @@ def propagate(graph: Graph, rules, input_moments: Moments, scheme=None, progress
     ctx = Propagation(graph, scheme)
     for name in graph.inputs:
         if name in graph.signal_tensors:
-            rank = graph.rank(name)
             m = Moments(input_moments.mean, input_moments.var, 0.0)
-            ctx.set(name, m.without_positions() if not has_positions(rank) else m)
+            ctx.set_moments(name, m if ctx.has_positions(name) else m.without_positions())
     for node in graph.nodes:
         if progress is not None:
             progress(node)

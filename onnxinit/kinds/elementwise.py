@@ -1,22 +1,20 @@
-"""Elementwise ops: moments of f(X) by running the op itself on a Gauss-Hermite grid.
+"""Elementwise ops: the op itself applied to its inputs' values on their quadrature grid.
 
-No constants per activation: the node (or ``evaluate_as``) is executed with
-onnx.reference on grid values of its varying inputs, so any elementwise op
-ONNX defines is covered. Inputs that share roots fold into one function of
-those roots (x*Sigmoid(x) is a function of x alone); inputs with different
-roots are independent, giving a tensor grid over both (a residual Add).
+No constants per activation: E[f(X)] comes from f evaluated at the nodes
+(Gauss-Hermite for Gaussian roots), by numpy for the common ops
+(:mod:`onnxinit.numeric_ops`) and by ``onnx.reference`` for any other op, so
+every elementwise op ONNX defines is covered. Inputs that share roots are
+combined node by node (x*Sigmoid(x) is exact); inputs with different roots
+meet on the product grid (a residual Add of two independent branches).
 """
 from __future__ import annotations
 
 import numpy as np
 from onnx import helper
 
-from ..op_eval import run_node
-from ..quadrature import Expr, moments
-from .common import Unsupported, has_positions
-
-MAX_ROOTS = 2    # more independent roots than this: inputs become fresh Gaussian roots
-MAX_DEPTH = 24   # longer chains are cut, to bound re-evaluation cost
+from ..numeric_ops import evaluate
+from ..signal import MAX_ROOTS, GRID_BUDGET, Signal, align, collapse, grid_size
+from .common import Unsupported
 
 
 def _op_node(node, rule):
@@ -26,51 +24,50 @@ def _op_node(node, rule):
     return helper.make_node(target, list(node.input), list(node.output), **dict(rule.get("attributes", {})))
 
 
-def _lift(array: np.ndarray, rank: int) -> np.ndarray:
-    """Insert singleton axes after the grid axis so ``array`` has ``rank`` dims."""
-    if array.ndim >= rank:
-        return array
-    return array.reshape(array.shape[:1] + (1,) * (rank - array.ndim) + array.shape[1:])
-
-
-def elementwise(node, rule, ctx):
-    op_node = _op_node(node, rule)
-    out = node.output[0]
+def gather_inputs(node, ctx):
+    """Signals for signal inputs, float64 arrays for constants, None for omitted ones."""
     inputs = []
     for name in node.input:
         if not name:
             inputs.append(None)
         elif ctx.is_signal(name):
-            inputs.append(ctx.expr(name))
+            inputs.append(ctx.signal(name))
         else:
             value = ctx.value(name)
             if value is None:
                 raise Unsupported(f"input {name!r} is neither signal nor a known constant")
             inputs.append(value.astype(np.float64) if value.dtype.kind == "f" else value)
-    exprs = [e for e in inputs if isinstance(e, Expr)]
-    rank = max([ctx.rank(out) or 0] + [e.rank for e in exprs] +
-               [c.ndim for c in inputs if isinstance(c, np.ndarray)] + [1])
+    return inputs
+
+
+def combine(inputs, rank: int, names, out: str, ctx):
+    """Align inputs on one grid, collapsing signal inputs to fresh Gaussians when the grid grows too big."""
     for c in inputs:
-        if isinstance(c, np.ndarray) and c.ndim == rank and c.shape[0] != 1:
+        if isinstance(c, np.ndarray) and c.ndim == rank and c.ndim > 0 and c.shape[0] != 1:
             raise Unsupported(f"constant of shape {c.shape} varies along the batch axis")
-    roots = {r.name: r for e in exprs for r in e.roots}
-    if len(roots) > MAX_ROOTS or max(e.depth for e in exprs) >= MAX_DEPTH:
-        inputs = [ctx.fresh_expr(name) if isinstance(e, Expr) else e for name, e in zip(node.input, inputs)]
-        exprs = [e for e in inputs if isinstance(e, Expr)]
-        roots = {r.name: r for e in exprs for r in e.roots}
-    opsets = ctx.graph.opsets
+    roots, arrays, axes = align(inputs, rank)
+    if len(roots) > MAX_ROOTS or grid_size(roots, axes) > GRID_BUDGET:
+        n_signals = sum(isinstance(x, Signal) for x in inputs)
+        inputs = [collapse(x, f"{name}@{out}", ctx.has_positions(name), n_signals - 1)
+                  if isinstance(x, Signal) else x for x, name in zip(inputs, names)]
+        roots, arrays, axes = align(inputs, rank)
+    return roots, arrays, axes
 
-    def fn(values):
-        args = [_lift(np.asarray(a.fn(values)), rank) if isinstance(a, Expr) else a for a in inputs]
-        return run_node(op_node, args, opsets)[0]
 
-    expr = Expr(tuple(roots[k] for k in sorted(roots)), fn, rank, 1 + max(e.depth for e in exprs))
+def elementwise(node, rule, ctx):
+    op_node = _op_node(node, rule)
+    out = node.output[0]
+    inputs = gather_inputs(node, ctx)
+    rank = max([ctx.rank(out) or 0] + [x.rank for x in inputs if isinstance(x, Signal)] +
+               [x.ndim for x in inputs if isinstance(x, np.ndarray)] + [1])
+    roots, arrays, axes = combine(inputs, rank, list(node.input), out, ctx)
     try:
-        m = moments(expr)
-    except Unsupported:
-        raise
+        result = evaluate(op_node, arrays, ctx.graph.opsets)
     except Exception as exc:  # noqa: BLE001 - the op cannot run on this grid
         raise Unsupported(f"{node.op_type} could not be evaluated ({exc})") from exc
-    if not has_positions(ctx.rank(out)) and ctx.rank(out) is not None:
-        m = m.without_positions()
-    ctx.set(out, m, expr)
+    shape = tuple(len(r.nodes) for r in roots) + tuple(1 if s is None else s.size for s in axes)
+    result = np.asarray(result, np.float64)
+    if result.ndim != len(shape):
+        raise Unsupported(f"{node.op_type} changed the rank of its input")
+    ctx.set(out, Signal(roots, np.ascontiguousarray(np.broadcast_to(result, np.broadcast_shapes(result.shape, shape))),
+                        axes))

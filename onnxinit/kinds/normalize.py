@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..moments import Moments
-from ..quadrature import Expr, moments
-from .common import attributes, has_positions
+from ..signal import Signal, align, gaussian
+from .common import attributes
 
 
 def _is_training(node, attrs) -> bool:
@@ -15,43 +14,60 @@ def _is_training(node, attrs) -> bool:
     return len([o for o in node.output if o]) > 1
 
 
+def channel_moments(sig: Signal):
+    """Per channel (axis 1): (mean_c, var_c) pooled over the other sites, each shaped (C or 1,)."""
+    mean, var, _ = sig.stats()
+    w = np.broadcast_to(sig.site_weights(), mean.shape)
+    axes = tuple(a for a in range(mean.ndim) if a != 1)
+    total = w.sum(axis=axes)
+    m = (w * mean).sum(axis=axes) / total
+    second = (w * (var + mean ** 2)).sum(axis=axes) / total
+    return m, np.maximum(second - m * m, 0.0)
+
+
+def _affine(ctx, out, sig: Signal, scale: np.ndarray, shift: np.ndarray):
+    """y = scale_c * x + shift_c, channel axis 1, on the signal's grid."""
+    shape = (1, -1) + (1,) * max(sig.rank - 2, 0)
+    roots, (x, a, b), axes = align([sig, scale.reshape(shape), shift.reshape(shape)], sig.rank)
+    ctx.set(out, Signal(roots, x * a + b, axes))
+
+
 def batchnorm(node, rule, ctx):
     """y = gamma * (x - m) / sqrt(v + eps) + beta, per channel (axis 1).
 
-    Training mode normalizes with batch statistics: per channel (0, 1) before the
-    affine part, so over channels mean = avg(beta), var = avg(gamma^2) + var(beta).
-    Inference mode is a per-channel affine map of x with the running statistics,
-    folded into x's expression.
+    Training mode normalizes with the batch statistics: m, v are the channel's
+    mean and variance over batch and positions, which for the realized network
+    are those of x itself. Inference mode uses the running statistics. Either
+    way the op is a per-channel affine map of x, applied on x's grid.
     """
     attrs = attributes(node)
     x, out = node.input[0], node.output[0]
-    names = {k: node.input[rule.get(k)] for k in ("scale", "bias", "mean", "var")}
+    names = {k: node.input[rule.get(k)] if len(node.input) > rule.get(k) else "" for k in ("scale", "bias", "mean", "var")}
     if ctx.scheme is not None:
         ctx.scheme.set_affine(node, names["scale"], names["bias"])
-    values = {k: ctx.value(n) for k, n in names.items()}
+    values = {k: ctx.value(n) if n else None for k, n in names.items()}
     gamma = np.asarray(values["scale"] if values["scale"] is not None else 1.0, np.float64).reshape(-1)
     beta = np.asarray(values["bias"] if values["bias"] is not None else 0.0, np.float64).reshape(-1)
-    rank = ctx.rank(out) or ctx.rank(x) or 4
-    if _is_training(node, attrs):
-        var = float(np.mean(gamma ** 2) + np.var(beta))
-        m = Moments(float(np.mean(beta)), var, float(np.var(beta)) if has_positions(rank) else var)
-        ctx.set(out, m)
-        return
     eps = float(attrs.get("epsilon", 1e-5))
-    running_mean = np.asarray(values["mean"], np.float64).reshape(-1)
-    running_var = np.asarray(values["var"], np.float64).reshape(-1)
-    a = gamma / np.sqrt(running_var + eps)
-    b = beta - a * running_mean
-    channel_shape = (-1,) + (1,) * max(rank - 2, 0)
-    a, b = a.reshape(channel_shape), b.reshape(channel_shape)
-    source = ctx.expr(x)
-    expr = Expr(source.roots, lambda values: a * source.fn(values) + b, max(source.rank, rank), source.depth + 1)
-    ctx.set(out, moments(expr), expr)
+    sig = ctx.signal(x)
+    if _is_training(node, attrs):
+        mean, var = channel_moments(sig)
+    else:
+        if values["mean"] is None or values["var"] is None:
+            mean, var = channel_moments(sig)
+        else:
+            mean = np.asarray(values["mean"], np.float64).reshape(-1)
+            var = np.asarray(values["var"], np.float64).reshape(-1)
+    a = gamma / np.sqrt(var + eps)
+    b = beta - a * mean
+    _affine(ctx, out, sig, a, b)
 
 
 def fixed(node, rule, ctx):
     """Output statistics given by the rule itself (``mean``, ``var``)."""
     out = node.output[0]
     var = float(rule.get("var", 1.0))
-    shared = var if not has_positions(ctx.rank(out)) else float(rule.get("shared", 0.0))
-    ctx.set(out, Moments(float(rule.get("mean", 0.0)), var, shared))
+    positions = ctx.has_positions(out)
+    shared = float(rule.get("shared", 0.0)) if positions else var
+    rank = ctx.rank(out) or 1
+    ctx.set(out, gaussian(out, float(rule.get("mean", 0.0)), shared, var - shared, (None,) * rank, positions))

@@ -1,50 +1,144 @@
-"""Pooling over the positions of one (sample, channel).
+"""Pooling over the positions of one (sample, channel), windowed or global.
 
-Given the shared part s, the window's values are i.i.d. draws of the within
-part, so average-pooling k of them gives var = shared + within / k, and the max
-of k has CDF F^k (quadrature.max_of_window). Global pooling leaves no
-positions, so its output's shared variance is all of it.
+Given the sample roots, the positions of a window are independent draws of
+the element roots, so for a window of n values (zero-padded taps excluded
+unless count_include_pad):
+    average:  mean = sum m / n,  within = sum nu_e / n^2,  shared = (sum sqrt(nu_s))^2 / n^2
+    maximum:  CDF of the max of n i.i.d. draws is F^n, evaluated on equal-mass
+              nodes interpolated from the element root's quadrature values.
+Global pooling leaves no positions: its output's variance is all shared.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+from statistics import NormalDist
+
 import numpy as np
 
-from ..quadrature import channelwise, element_stats, max_of_window, pool_stats, to_channels
+from ..signal import Signal, collapse, gaussian
+from ..windows import window
 from .common import attributes
 
+MAX_NODES = 256   # equal-mass nodes for order statistics
 
-def _window(node, rule, ctx) -> int:
-    attrs = attributes(node)
-    if rule.get("global"):
-        dims = ctx.graph.static_dims(node.input[0])
-        spatial = dims[2:] if dims else None
-        if not spatial or any(d is None for d in spatial):
-            return 1 << 16   # unknown map size: a large window
-        return int(np.prod(spatial))
-    return int(np.prod(attrs.get("kernel_shape", [1])))
+
+@lru_cache(maxsize=None)
+def _equal_mass(n: int) -> np.ndarray:
+    nd = NormalDist()
+    return np.array([nd.inv_cdf((i + 0.5) / n) for i in range(n)])
+
+
+def _interpolation(z: np.ndarray, n: int) -> np.ndarray:
+    """(n, len(z)) matrix mapping values at nodes z to values at n equal-mass nodes (linear in z)."""
+    u = np.clip(_equal_mass(n), z[0], z[-1])
+    hi = np.clip(np.searchsorted(z, u), 1, len(z) - 1)
+    lo = hi - 1
+    t = (u - z[lo]) / (z[hi] - z[lo])
+    m = np.zeros((n, len(z)))
+    m[np.arange(n), lo] = 1 - t
+    m[np.arange(n), hi] += t
+    return m
+
+
+def max_stats(sig: Signal, flat_sites: np.ndarray, counts: np.ndarray, name: str, positions: bool):
+    """(mean, var, shared) of the max of counts[o] i.i.d. draws at site flat_sites[o]."""
+    element = [i for i, r in enumerate(sig.roots) if r.kind == "element"]
+    if not element:
+        mean, var, shared = (a.reshape(-1)[flat_sites] for a in sig.stats())
+        return mean, var, shared
+    if len(element) > 1:
+        sig = collapse(sig, name, positions)
+        element = [i for i, r in enumerate(sig.roots) if r.kind == "element"]
+    e = element[0]
+    sample = [i for i in range(len(sig.roots)) if i != e]
+    r = len(sig.roots)
+    v = np.moveaxis(sig.values, sample + [e], list(range(r)))
+    n_s = int(np.prod([len(sig.roots[i].nodes) for i in sample])) if sample else 1
+    v = v.reshape(n_s, len(sig.roots[e].nodes), -1)[:, :, flat_sites]
+    w_s = np.ones(1)
+    for i in sample:
+        w_s = np.multiply.outer(w_s, sig.roots[i].weights)
+    w_s = w_s.reshape(-1)
+    interp = _interpolation(sig.roots[e].nodes, MAX_NODES)
+    ordered = np.sort(np.einsum("jk,sko->sjo", interp, v), axis=1)
+    cdf = np.arange(1, MAX_NODES + 1)[:, None] / MAX_NODES
+    p = cdf ** counts[None, :] - (cdf - 1.0 / MAX_NODES) ** counts[None, :]
+    m1 = np.einsum("jo,sjo->so", p, ordered)
+    m2 = np.einsum("jo,sjo->so", p, ordered ** 2)
+    mean = w_s @ m1
+    var = np.maximum(w_s @ m2 - mean ** 2, 0.0)
+    shared = np.clip(w_s @ m1 ** 2 - mean ** 2, 0.0, var)
+    return mean, var, shared
+
+
+def _global(node, rule, ctx, sig, out):
+    mean, var, shared = sig.stats()
+    spatial = tuple(range(2, sig.rank))
+    dims = ctx.graph.static_dims(node.input[0])
+    lengths = [s.length if s is not None else (dims[a] if dims and dims[a] else None)
+               for a, s in zip(spatial, sig.axes[2:])]
+    n = int(np.prod(lengths)) if all(lengths) else 1 << 16
+    w = np.broadcast_to(sig.site_weights(), mean.shape)
+    w = w / w.sum(axis=spatial, keepdims=True)
+    axes = (None, sig.axes[1]) + (None,) * len(spatial)
+    if rule.get("reduce") == "max":
+        # the interior class (the heaviest site) stands for the whole map
+        flat_shape = mean.shape
+        heaviest = np.unravel_index(np.argmax(w[0, 0]), w.shape[2:])
+        channels = mean.shape[1]
+        flat = np.ravel_multi_index((np.zeros(channels, int), np.arange(channels)) +
+                                    tuple(np.full(channels, h) for h in heaviest), flat_shape)
+        m, v, s = max_stats(sig, flat, np.full(channels, n), f"{node.input[0]}@{out}", True)
+        shape = (1, channels) + (1,) * len(spatial)
+        ctx.set(out, gaussian(out, m.reshape(shape), v.reshape(shape), 0.0, axes, False))
+        return
+    m = (w * mean).sum(axis=spatial, keepdims=True)
+    s = (w * np.sqrt(shared)).sum(axis=spatial, keepdims=True) ** 2
+    e = (w * (var - shared)).sum(axis=spatial, keepdims=True) / n
+    ctx.set(out, gaussian(out, m, s + e, 0.0, axes, False))
 
 
 def pool(node, rule, ctx):
     x, out = node.input[0], node.output[0]
-    k = max(_window(node, rule, ctx), 1)
-    keeps_positions = not rule.get("global")
-    expr = ctx.expr(x)
-    if rule.get("reduce") == "max":
-        mean_b, var_b, shared_b = max_of_window(expr, k)
-    else:
-        mean_b, var_b, shared_b = element_stats(expr)
-        var_b = shared_b + (var_b - shared_b) / k
-    if not keeps_positions:
-        shared_b = var_b
-    m = pool_stats(mean_b, var_b, shared_b)
-    rank = ctx.rank(out) or expr.rank
-    dims = ctx.graph.static_dims(out)
-    channels = dims[1] if dims and len(dims) > 1 and dims[1] else None
-    stats = to_channels(mean_b, var_b, shared_b, expr.rank, 1, channels) if channels else None
-    if stats is None:
-        ctx.set(out, m)
+    sig = ctx.signal(x)
+    if sig.rank < 3:
+        ctx.set(out, sig)
         return
-    mean_c, shared_c, within_c = stats
-    total = float(np.sum(shared_c + within_c))
-    rho = float(np.sum(shared_c)) / total if keeps_positions and total > 0 else 1.0
-    ctx.set(out, m, channelwise(out, mean_c, shared_c + within_c, rho, rank, 1))
+    if rule.get("global"):
+        _global(node, rule, ctx, sig, out)
+        return
+    attrs = attributes(node)
+    kernel = list(attrs.get("kernel_shape", [1] * (sig.rank - 2)))
+    dims = ctx.graph.static_dims(x) or [None] * sig.rank
+    lengths = [s.length if s is not None else d for s, d in zip(sig.axes[2:], dims[2:])]
+    win = window(attrs, kernel, list(sig.axes[2:]), lengths, ceil_mode=bool(attrs.get("ceil_mode", 0)))
+    mean, var, shared = sig.stats()
+    taps = int(np.prod(kernel))
+    out_shape = tuple(1 if s is None else s.size for s in win.out_sites)
+    valid = np.broadcast_to(win.valid_mask(), tuple(kernel) + out_shape).reshape(taps, -1)
+    n_valid = valid.sum(axis=0)
+    axes = (None, sig.axes[1]) + tuple(win.out_sites)
+    channels = mean.shape[1]
+    positions = ctx.has_positions(out)
+    if rule.get("reduce") == "max":
+        spatial_index = np.arange(int(np.prod(mean.shape[2:]))).reshape(mean.shape[2:])
+        gathered = win.gather(spatial_index[None].astype(np.float64), fill=-1.0)[0].reshape(taps, -1)
+        center = np.where(valid[taps // 2], gathered[taps // 2], gathered.max(axis=0)).astype(int)
+        flat = (np.arange(channels)[:, None] * spatial_index.size + center[None, :]).reshape(-1)
+        counts = np.tile(n_valid, channels).astype(np.float64)
+        m, v, s = max_stats(sig, flat, counts, f"{x}@{out}", positions)
+        shape = (1, channels) + out_shape
+        ctx.set(out, gaussian(out, m.reshape(shape), s.reshape(shape), (v - s).reshape(shape), axes, positions))
+        return
+    include_pad = bool(attrs.get("count_include_pad", 0))
+    n = np.full(n_valid.shape, float(taps)) if include_pad else np.maximum(n_valid, 1).astype(np.float64)
+
+    def window_sum(a):
+        g = win.gather(a[0]).reshape(channels, taps, -1)
+        return g.sum(axis=1)
+
+    m = window_sum(mean) / n
+    e = window_sum(var - shared) / n ** 2
+    s = (window_sum(np.sqrt(shared)) / n) ** 2
+    shape = (1, channels) + out_shape
+    ctx.set(out, gaussian(out, m.reshape(shape), s.reshape(shape), e.reshape(shape), axes, positions))

@@ -3,50 +3,103 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..moments import Moments
-from ..quadrature import channel_stats, channelwise
-from .common import attributes, has_positions, signal_inputs
+from ..signal import (MAX_ROOTS, Root, Signal, Sites, collapse, constant_signal, edge_sites, gaussian, merge_axis,
+                      on_roots, union_roots, with_axes)
+from .common import Unsupported, attributes
+
+EXPAND_LIMIT = 1 << 16   # sites a reshape may spell out one by one
 
 
 def identity(node, rule, ctx):
-    x = signal_inputs(node, ctx)[0]
-    ctx.set(node.output[0], ctx.moments[x], ctx.expr(x))
+    x = node.input[0]
+    ctx.set(node.output[0], ctx.signal(x))
+
+
+def _pooled(ctx, sig: Signal, out):
+    m = sig.moments()
+    rank = ctx.rank(out) or 1
+    positions = ctx.has_positions(out)
+    return gaussian(out, m.mean, m.shared if positions else m.var, m.within if positions else 0.0,
+                    (None,) * rank, positions)
+
+
+def _expanded(sig: Signal, dims) -> Signal:
+    """Every site along every axis after the batch axis spelled out (axes become full)."""
+    r = len(sig.roots)
+    axes = [None] + [Sites.full(d) for d in dims[1:]]
+    values = sig.values
+    for a, (have, want) in enumerate(zip(sig.axes, axes)):
+        if want is None:
+            continue
+        if have is None:
+            values = np.repeat(values, want.size, axis=r + a)
+        elif not have.same_as(want):
+            values = np.take(values, have.index_of(want.coords), axis=r + a)
+    return Signal(sig.roots, values, tuple(axes))
+
+
+def _squeezed(sig: Signal) -> Signal:
+    """Axes along which every site is the same become 'alike' (None) again."""
+    r = len(sig.roots)
+    values, axes = sig.values, list(sig.axes)
+    for a in range(len(axes)):
+        if axes[a] is not None and values.shape[r + a] > 1:
+            first = np.take(values, [0], axis=r + a)
+            if np.array_equal(np.broadcast_to(first, values.shape), values):
+                values, axes[a] = first, None
+    return Signal(sig.roots, values, tuple(axes))
+
+
+def transpose(node, rule, ctx):
+    sig = ctx.signal(node.input[0])
+    perm = list(attributes(node).get("perm", list(range(sig.rank))[::-1]))
+    r = len(sig.roots)
+    values = np.transpose(sig.values, list(range(r)) + [r + p for p in perm])
+    ctx.set(node.output[0], Signal(sig.roots, values, tuple(sig.axes[p] for p in perm)))
 
 
 def reshape(node, rule, ctx):
-    """Values unchanged, positions rearranged: the statistics stay; rank <= 2 has no positions."""
-    x = signal_inputs(node, ctx)[0]
-    out = node.output[0]
-    m = ctx.moments[x]
-    rank = ctx.rank(out)
-    m = m.without_positions() if rank is not None and not has_positions(rank) else m
-    ctx.set(out, m, _channels_kept(ctx, x, out, rank))
+    """Values unchanged, positions rearranged.
 
-
-def _channels_kept(ctx, x, out, rank):
-    """Per-channel statistics survive when axis 1 is the same channel axis before and after
-    (a Flatten of (N, C, 1, 1), a Squeeze of trailing ones)."""
+    Inserting or removing size-1 axes keeps every site; any other reshape that
+    keeps the batch axis spells the sites out and reshapes them; a reshape that
+    mixes the batch axis into others keeps only the pooled statistics.
+    """
+    if node.op_type == "Transpose":
+        transpose(node, rule, ctx)
+        return
+    x, out = node.input[0], node.output[0]
+    sig = ctx.signal(x)
     dims_in, dims_out = ctx.graph.static_dims(x), ctx.graph.static_dims(out)
-    if not dims_in or not dims_out or len(dims_in) < 2 or len(dims_out) < 2:
-        return None
-    if dims_in[1] != dims_out[1] or not dims_in[1]:
-        return None
-    if any(d != 1 for d in dims_in[2:]) or any(d != 1 for d in dims_out[2:]):
-        return None
-    stats = channel_stats(ctx.expr(x), 1, dims_in[1])
-    if stats is None:
-        return None
-    mean_c, shared_c, within_c = stats
-    var_c = shared_c + within_c
-    return channelwise(out, mean_c, var_c, 1.0 if not has_positions(rank) else 0.0, rank or 2, 1)
+    if not dims_in or not dims_out or any(d is None for d in dims_in[1:] + dims_out[1:]):
+        ctx.set(out, _pooled(ctx, sig, out))
+        return
+    r = len(sig.roots)
+    kept_in = [a for a in range(1, len(dims_in)) if dims_in[a] != 1]
+    kept_out = [a for a in range(1, len(dims_out)) if dims_out[a] != 1]
+    if [dims_in[a] for a in kept_in] == [dims_out[a] for a in kept_out]:
+        axes = [None] * len(dims_out)
+        shape = list(sig.grid_shape) + [1] * len(dims_out)
+        for a_in, a_out in zip(kept_in, kept_out):
+            axes[a_out] = sig.axes[a_in]
+            shape[r + a_out] = sig.values.shape[r + a_in]
+        ctx.set(out, Signal(sig.roots, sig.values.reshape(shape), tuple(axes)))
+        return
+    inner_in, inner_out = int(np.prod(dims_in[1:])), int(np.prod(dims_out[1:]))
+    if inner_in != inner_out or inner_in > EXPAND_LIMIT:
+        ctx.set(out, _pooled(ctx, sig, out))
+        return
+    full = _expanded(sig, dims_in)
+    values = full.values.reshape(tuple(sig.grid_shape) + (1,) + tuple(dims_out[1:]))
+    ctx.set(out, _squeezed(Signal(sig.roots, values, (None,) + tuple(Sites.full(d) for d in dims_out[1:]))))
 
 
 def dropout(node, rule, ctx):
     """Inverted dropout with ratio r in training mode: y = x * mask / (1 - r).
 
-    Exact for any input mean: E[y] = mu, E[y^2] = (nu + mu^2) / (1 - r), so
-    var = (nu + mu^2) / (1 - r) - mu^2 (the reference's nu / (1 - r) is exact only at mu = 0).
-    The mask averages out over positions, so the shared variance is unchanged.
+    The mask is a root of its own with nodes {0, 1/(1-r)} and weights {r, 1-r},
+    independent from element to element, so E[y] = E[x] and
+    E[y^2] = E[x^2] / (1 - r) come out exactly for any input.
     """
     attrs = attributes(node)
     x, out = node.input[0], node.output[0]
@@ -59,74 +112,127 @@ def dropout(node, rule, ctx):
     if ti is not None and len(node.input) > ti and node.input[ti]:
         value = ctx.value(node.input[ti])
         training = bool(value) if value is not None else True
-    m = ctx.moments[x]
+    sig = ctx.signal(x)
     if not training or ratio <= 0:
-        ctx.set(out, m, ctx.expr(x))
+        ctx.set(out, sig)
         return
     ratio = min(float(ratio), 0.999999)
-    var = m.second_moment / (1.0 - ratio) - m.mean ** 2
-    rank = ctx.rank(out)
-    ctx.set(out, Moments(m.mean, var, var if not has_positions(rank) else m.shared))
+    if len(sig.roots) >= MAX_ROOTS:
+        sig = collapse(sig, f"{x}@{out}", ctx.has_positions(x))
+    mask = Root(f"{out}#mask", "element", np.array([0.0, 1.0 / (1.0 - ratio)]), np.array([ratio, 1.0 - ratio]))
+    mask_values = mask.nodes.reshape((1,) * len(sig.roots) + (2,) + (1,) * sig.rank)
+    values = sig.values.reshape(sig.grid_shape + (1,) + sig.values.shape[len(sig.roots):]) * mask_values
+    ctx.set(out, Signal(sig.roots + (mask,), values, sig.axes))
 
 
-def _axis_size(ctx, name, axis):
-    dims = ctx.graph.static_dims(name)
-    if dims is None or not -len(dims) <= axis < len(dims):
-        return None
-    return dims[axis]
+def _as_signal(ctx, name, rank):
+    if ctx.is_signal(name):
+        return ctx.signal(name)
+    value = ctx.value(name)
+    if value is None:
+        raise Unsupported(f"input {name!r} is neither signal nor a known constant")
+    return constant_signal(value.astype(np.float64), rank)
 
 
 def concat(node, rule, ctx):
-    """A mixture of the inputs weighted by their sizes along the axis (constants included)."""
-    axis = int(attributes(node).get(rule.get("axis_attr", "axis"), 0))
+    """Inputs side by side along ``axis``: their sites follow one another along it."""
+    out = node.output[0]
+    rank = ctx.rank(out)
+    if rank is None:
+        raise Unsupported("unknown output rank")
+    axis = int(attributes(node).get(rule.get("axis_attr", "axis"), 0)) % rank
+    if axis == 0:
+        raise Unsupported("concatenation along the batch axis")
     parts = []
     for name in node.input:
         if not name:
             continue
-        size = _axis_size(ctx, name, axis)
-        if ctx.is_signal(name):
-            m = ctx.moments[name]
-        else:
-            value = ctx.value(name)
-            if value is None:
-                continue
-            value = value.astype(np.float64)
-            m = Moments(float(value.mean()), float(value.var()), float(value.var()))
-        parts.append((size if size else 1, m))
-    total = sum(p for p, _ in parts)
-    mean = sum(p * m.mean for p, m in parts) / total
-    second = sum(p * m.second_moment for p, m in parts) / total
-    shared_second = sum(p * (m.shared + m.mean ** 2) for p, m in parts) / total
-    var = second - mean ** 2
-    rank = ctx.rank(node.output[0])
-    shared = var if not has_positions(rank) else shared_second - mean ** 2
-    ctx.set(node.output[0], Moments(mean, var, shared).clamped())
+        dims = ctx.graph.static_dims(name)
+        if not dims or dims[axis] is None:
+            raise Unsupported(f"input {name!r} has an unknown size along axis {axis}")
+        sig = _as_signal(ctx, name, rank)
+        parts.append((sig, dims[axis]))
+    # spell out the concat axis of each part, then bring the other axes onto common sites
+    spelled = []
+    for sig, length in parts:
+        want = Sites.full(length)
+        r = len(sig.roots)
+        values, have = sig.values, sig.axes[axis]
+        if have is None:
+            values = np.repeat(values, length, axis=r + axis)
+        elif not have.same_as(want):
+            values = np.take(values, have.index_of(want.coords), axis=r + axis)
+        spelled.append(Signal(sig.roots, values, sig.axes[:axis] + (want,) + sig.axes[axis + 1:]))
+    roots = union_roots(spelled)
+    axes = [merge_axis([s.axes[a] for s in spelled]) for a in range(rank)]
+    arrays = []
+    for s in spelled:
+        own = list(axes)
+        own[axis] = s.axes[axis]
+        moved = with_axes(s, own)
+        target = [len(r.nodes) for r in roots] + [1 if a is None else a.size for a in own]
+        arrays.append(np.broadcast_to(on_roots(moved, roots), target))
+    values = np.concatenate(arrays, axis=len(roots) + axis)
+    axes[axis] = Sites.full(values.shape[len(roots) + axis])
+    ctx.set(out, Signal(roots, np.ascontiguousarray(values), tuple(axes)))
 
 
 def pad(node, rule, ctx):
-    """Constant padding mixes the input with the pad value by the padded fraction f."""
+    """Padding along each axis: sites next to the new borders hold the pad value (constant mode)
+    or the mapped input sites (edge, reflect, wrap)."""
     attrs = attributes(node)
     mode = attrs.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
     x, out = node.input[0], node.output[0]
-    m = ctx.moments[x]
-    if mode != "constant":
-        ctx.set(out, m)
-        return
+    sig = ctx.signal(x)
+    rank = sig.rank
+    if len(node.input) > 1 and node.input[1]:
+        pads = ctx.value(node.input[1])
+        if pads is None:
+            raise Unsupported("pads are not constant")
+        pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    else:
+        pads = list(attrs.get("pads", [0] * 2 * rank))
+    axes_input = None
+    if len(node.input) > 3 and node.input[3]:
+        axes_input = [int(a) % rank for a in np.asarray(ctx.value(node.input[3])).reshape(-1)]
+    per_axis = {a: (0, 0) for a in range(rank)}
+    targets = axes_input if axes_input is not None else list(range(rank))
+    for i, a in enumerate(targets):
+        per_axis[a] = (pads[i], pads[i + len(targets)])
     value = 0.0
     if len(node.input) > 2 and node.input[2]:
         v = ctx.value(node.input[2])
-        value = float(v) if v is not None and v.size == 1 else 0.0
+        value = float(np.asarray(v).reshape(-1)[0]) if v is not None and np.asarray(v).size else 0.0
     elif "value" in attrs:
         value = float(attrs["value"])
-    dims_in, dims_out = ctx.graph.static_dims(x), ctx.graph.static_dims(out)
-    f = 0.0
-    if dims_in and dims_out and len(dims_in) == len(dims_out):
-        inner_in = [d for d in dims_in[1:]]
-        inner_out = [d for d in dims_out[1:]]
-        if all(inner_in) and all(inner_out):
-            f = 1.0 - float(np.prod(inner_in)) / float(np.prod(inner_out))
-    mean = (1 - f) * m.mean + f * value
-    second = (1 - f) * m.second_moment + f * value ** 2
-    var = second - mean ** 2
-    ctx.set(out, Moments(mean, var, (1 - f) * m.shared).clamped())
+    dims = ctx.graph.static_dims(x) or [None] * rank
+    r = len(sig.roots)
+    values, axes = sig.values, list(sig.axes)
+    for a, (pb, pe) in per_axis.items():
+        if pb == 0 and pe == 0:
+            continue
+        if a == 0:
+            raise Unsupported("padding along the batch axis")
+        length = axes[a].length if axes[a] is not None else dims[a]
+        if not length:
+            raise Unsupported(f"unknown size along padded axis {a}")
+        new_len = length + pb + pe
+        sites = edge_sites(new_len, max(2, abs(pb), abs(pe)))
+        src = sites.coords - pb
+        inside = (src >= 0) & (src < length)
+        if mode == "reflect":
+            period = max(2 * (length - 1), 1)
+            src = np.abs(((src % period) + period) % period)
+            src = np.where(src >= length, period - src, src)
+        elif mode == "wrap":
+            src = src % length
+        src = np.clip(src, 0, length - 1)
+        index = axes[a].index_of(src) if axes[a] is not None else np.zeros_like(src)
+        values = np.take(values, index, axis=r + a)
+        if mode == "constant":
+            shape = [1] * values.ndim
+            shape[r + a] = sites.size
+            values = np.where(inside.reshape(shape), values, value)
+        axes[a] = sites
+    ctx.set(out, Signal(sig.roots, np.ascontiguousarray(values), tuple(axes)))

@@ -1,18 +1,19 @@
 """Affine layers with a weight tensor: Conv, ConvTranspose, Gemm, MatMul.
 
-With the canonical weight C[j, i, t] (see layouts.py), input channel i
-carrying x_i = m_i + s_i + e_i (shared s_i, within e_i; channels independent)
-and output positions grouped by which taps fall inside the zero-padded input
-(pattern P with share q_P; one all-taps pattern away from borders), output unit j
-at a position of pattern P has
-    mean_jP  = alpha * sum_i m_i * sum_{t in P} C[j,i,t]
-    shared_j = alpha^2 * sum_P q_P sum_i nu_s,i * (sum_{t in P} C[j,i,t])^2
-    within_j = alpha^2 * sum_P q_P sum_i nu_e,i * sum_{t in P} C[j,i,t]^2 + var_P(mean_jP)
-with mean_j = sum_P q_P mean_jP (+ beta * b_j); over all units
-mean = avg_j mean_j, var = avg_j (shared_j + within_j) + var_j(mean_j).
-Per-channel input statistics come from the input's expression, so the fixed
-per-channel means a previous layer leaves behind are followed exactly.
-A scheme, when active, first draws C (AutoInit: E[y^2] = 1).
+With the canonical weight C[j, i, t] (see layouts.py) and, per input site,
+channel i carrying x_i = m_i + s_i + e_i (s_i the part shared by all positions
+of a sample, e_i independent from position to position; channels independent),
+output unit j at output site o reads tap t from input site idx(o, t) when the
+tap lies inside the input (valid(o, t)), zero padding otherwise:
+
+    mean_jo   = alpha * sum_{i,t valid} C[j,i,t] m_i(idx(o,t))       (+ beta * b_j)
+    within_jo = alpha^2 * sum_{i,t valid} C[j,i,t]^2 nu_e,i(idx(o,t))
+    shared_jo = alpha^2 * sum_i ( sum_{t valid} C[j,i,t] sqrt(nu_s,i(idx(o,t))) )^2
+
+The output is a fresh Gaussian per site (a sum over the fan-in). Sites keep
+output positions next to padded borders apart from the interior, so the border
+effect of zero padding compounds layer after layer as it does in the network.
+A scheme, when active, first draws C (AutoInit: E[y^2] = 1 over all sites).
 """
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..layouts import Layout, conv_tap_masks, conv_transpose_tap_fraction, tap_fraction
+from ..layouts import Layout, conv_transpose_tap_fraction
 from ..moments import Moments
-from ..quadrature import channel_stats, channelwise, pool_stats
-from .common import Unsupported, attributes, has_positions
+from ..signal import SITE_BUDGET, Sites, gaussian, pool_positions, site_count
+from ..windows import window
+from .common import Unsupported, attributes
 
 
 @dataclass
@@ -35,14 +37,21 @@ class WeightedLayer:
     bias: str | None
     layout: Layout
     input_moments: Moments
-    channel_in: tuple      # (mean_i, shared_i, within_i) per input channel
-    tap_masks: list        # [(valid-tap mask, share of output positions)]
-    scale: float           # alpha: y = alpha * (W x) + beta * b
+    inputs: tuple          # (mean, shared, within): (C_in, T, O) gathered per tap and output site
+    site_weights: np.ndarray   # (O,) share of output positions per site
+    out_axes: tuple            # output Sites per tensor axis (channel axis filled in by the caller)
+    scale: float               # alpha: y = alpha * (W x) + beta * b
     dtype: np.dtype
+
+    def __post_init__(self):
+        self.site_weights = np.asarray(self.site_weights, np.float64).reshape(-1)
+        self.site_weights = self.site_weights / self.site_weights.sum()
 
     @property
     def tap_fraction(self) -> float:
-        return tap_fraction(self.tap_masks)
+        """Average share of kernel taps inside the input, over output positions."""
+        valid = self.inputs[3]
+        return float(np.sum(valid.mean(axis=0) * self.site_weights))
 
     @property
     def effective_second_moment(self) -> float:
@@ -50,32 +59,33 @@ class WeightedLayer:
         return self.scale ** 2 * self.tap_fraction * self.input_moments.second_moment
 
     def unit_stats(self, c: np.ndarray):
-        """(mean_j, shared_j, within_j) per output unit for canonical weights ``c``, bias excluded."""
+        """(mean, shared, within) per output unit and site, shape (C_out, O), bias excluded."""
         groups = self.layout.group_count
         out, fan, taps = c.shape
-        cg = c.astype(np.float64, copy=False).reshape(groups, out // groups, fan, taps)
+        mean_g, shared_g, within_g, _ = self.inputs
+        sites = mean_g.shape[-1]
+        c64 = c.astype(np.float64, copy=False).reshape(groups, out // groups, fan, taps)
+        a2 = self.scale ** 2
+        means, shareds, withins = [], [], []
+        for g in range(groups):
+            block = slice(g * fan, (g + 1) * fan)
+            w = c64[g]
+            m = mean_g[block].reshape(fan * taps, sites)
+            e = within_g[block].reshape(fan * taps, sites)
+            w2 = w.reshape(-1, fan * taps)
+            means.append(self.scale * (w2 @ m))
+            withins.append(a2 * ((w2 * w2) @ e))
+            s = shared_g[block]
+            if np.any(s > 0):
+                partial = np.einsum("oit,itp->oip", w, np.sqrt(s))
+                shareds.append(a2 * np.einsum("oip,oip->op", partial, partial))
+            else:
+                shareds.append(np.zeros((out // groups, sites)))
+        return np.concatenate(means), np.concatenate(shareds), np.concatenate(withins)
 
-        def per_group(a):
-            a = np.asarray(a, np.float64).reshape(-1)
-            if a.size == groups * fan:
-                return a.reshape(groups, fan)
-            if a.size == fan:
-                return np.broadcast_to(a, (groups, fan))
-            return np.full((groups, fan), float(a.mean()))
-
-        m, sh, wi = (per_group(a) for a in self.channel_in)
-        masks = np.array([mask for mask, _ in self.tap_masks], np.float64).reshape(-1, taps)  # (P, T)
-        shares = np.array([share for _, share in self.tap_masks])
-        a = self.scale
-        by_tap = np.einsum("goit,gi->got", cg, m)                  # sum_i m_i C[j,i,t]
-        means = a * by_tap @ masks.T                               # (g, o, P)
-        mean = means @ shares
-        mean_sq = (means ** 2) @ shares
-        partial = cg @ masks.T                                     # (g, o, i, P): sum_{t in P} C
-        shared = a * a * np.einsum("goip,gi,p->go", partial ** 2, sh, shares)
-        per_tap = np.einsum("goit,gi->got", cg * cg, wi)
-        within = a * a * (per_tap @ masks.T) @ shares + np.maximum(mean_sq - mean ** 2, 0.0)
-        return mean.reshape(-1), shared.reshape(-1), within.reshape(-1)
+    def realized_second_moment(self, c: np.ndarray) -> float:
+        mean, shared, within = self.unit_stats(c)
+        return float(np.mean((mean ** 2 + shared + within) @ self.site_weights))
 
 
 def _find_inputs(node, rule, ctx):
@@ -98,42 +108,94 @@ def _layout(node, rule, weight_shape, weight_index, attrs) -> Layout:
                   trans_b=bool(attrs.get("transB", 0)), weight_first=(weight_index == 0))
 
 
-def _channel_axes(layout: Layout):
-    """(input channel axis, output channel axis) of the data tensors."""
-    if layout.kind == "matmul":
-        return (-2, -2) if layout.weight_first else (-1, -1)
-    return 1, 1
+def _per_channel(array: np.ndarray, axis: int, channels: int) -> np.ndarray:
+    """Broadcast a site array's channel axis (size 1 or ``channels``) to ``channels``; move it first."""
+    array = np.moveaxis(array, axis, 0)
+    if array.shape[0] == channels:
+        return array
+    if array.shape[0] == 1:
+        return np.broadcast_to(array, (channels,) + array.shape[1:])
+    raise Unsupported(f"input has {array.shape[0]} channels where the weight expects {channels}")
 
 
-def _tap_masks(node, layout, x, ctx, attrs):
-    taps = layout.canonical_shape[2]
-    if layout.kind not in ("conv", "conv_transpose") or len(layout.shape) <= 2:
-        return [(np.ones(taps, bool), 1.0)]
+def _conv_inputs(node, layout, x, ctx, attrs):
+    """Input statistics gathered per (channel, tap, output site), and the output sites."""
+    sig = ctx.signal(x)
+    rank = sig.rank
+    if rank != len(layout.shape):
+        raise Unsupported(f"input rank {rank} does not match a {len(layout.shape)}-d kernel")
+    mean, var, shared = sig.stats()
+    within = var - shared
+    channels = layout.canonical_shape[1] * layout.group_count
+    stats = [_per_channel(a[0], 0, channels) for a in (mean, shared, within)]
+    dims = ctx.graph.static_dims(x) or [None] * rank
     kernel = list(attrs.get("kernel_shape", layout.shape[2:]))
+    lengths = [s.length if s is not None else d for s, d in zip(sig.axes[2:], dims[2:])]
+    win = window(attrs, kernel, list(sig.axes[2:]), lengths)
+    gathered = [win.gather(a).reshape(channels, int(np.prod(kernel)), -1) for a in stats]
+    full = tuple(kernel) + tuple(1 if s is None else s.size for s in win.out_sites)
+    valid = np.broadcast_to(win.valid_mask(), full).reshape(int(np.prod(kernel)), -1)
+    weights = np.ones(1)
+    for s in win.out_sites:
+        weights = np.multiply.outer(weights, s.counts / s.length if s is not None else np.ones(1))
+    out_axes = (None, None) + tuple(win.out_sites)
+    return (*gathered, valid), weights.reshape(-1), out_axes
+
+
+def _transpose_inputs(node, layout, x, ctx, attrs):
+    """ConvTranspose: positions pooled; each output position sees a share f of the taps on average."""
+    sig = ctx.signal(x)
+    mean, var, shared = sig.stats()
+    w = np.broadcast_to(sig.site_weights(), mean.shape)
+    channels = layout.canonical_shape[1] * layout.group_count
+    pooled = []
+    for a in (mean, shared, var - shared):
+        a = np.moveaxis(a * w, 1, 0).reshape(a.shape[1], -1).sum(axis=1) / np.moveaxis(w, 1, 0).reshape(
+            w.shape[1], -1).sum(axis=1)
+        pooled.append(np.broadcast_to(a, (channels,)))
+    taps = layout.canonical_shape[2]
     dims = ctx.graph.static_dims(x)
-    in_sizes = dims[2:] if dims and len(dims) == len(layout.shape) else [None] * len(kernel)
-    if layout.kind == "conv":
-        return conv_tap_masks(attrs, in_sizes, kernel)
     out_dims = ctx.graph.static_dims(node.output[0])
-    share = conv_transpose_tap_fraction(attrs, in_sizes, kernel, out_dims[2:] if out_dims else None)
-    return [(np.ones(taps, bool), share)]
+    kernel = list(attrs.get("kernel_shape", layout.shape[2:]))
+    share = conv_transpose_tap_fraction(attrs, dims[2:] if dims else [None] * len(kernel), kernel,
+                                        out_dims[2:] if out_dims else None)
+    gathered = [np.broadcast_to(p[:, None, None], (channels, taps, 1)) for p in pooled]
+    gathered[0] = gathered[0] * share
+    gathered[2] = gathered[2] * share
+    gathered[1] = gathered[1] * share
+    valid = np.full((taps, 1), share)
+    return (*gathered, valid), np.ones(1), (None,) * sig.rank
 
 
-def _input_channels(layout: Layout, x, ctx):
-    """Per-channel statistics of the input, or the pooled ones broadcast."""
-    m = ctx.moments[x]
-    groups = layout.group_count if layout.kind != "matmul" else 1
-    channels = layout.canonical_shape[1] * groups
-    axis, _ = _channel_axes(layout)
-    stats = channel_stats(ctx.expr(x), axis, channels)
-    if stats is None:
-        return (np.full(channels, m.mean), np.full(channels, m.shared), np.full(channels, m.within))
-    return stats
+def _dense_inputs(layout, x, ctx, out):
+    """Gemm/MatMul: the contraction axis is the last input axis (the one before it for W @ x)."""
+    sig = ctx.signal(x)
+    mean, var, shared = sig.stats()
+    channels = layout.canonical_shape[1]
+    axis = sig.rank - 2 if layout.weight_first else sig.rank - 1
+    if layout.group_count != 1:
+        m = sig.moments()
+        stats = [np.full((channels, 1, 1), v) for v in (m.mean, m.shared, m.within)]
+        return (*stats, np.ones((1, 1))), np.ones(1), None
+    rest_axes = sig.axes[:axis] + sig.axes[axis + 1:]
+    stats = []
+    for a in (mean, shared, var - shared):
+        moved = _per_channel(a, axis, channels)
+        stats.append(moved.reshape(channels, 1, -1))
+    weights = np.broadcast_to(np.moveaxis(sig.site_weights(), axis, 0)[0:1], (1,) + moved.shape[1:]).reshape(-1)
+    out_rank = ctx.rank(out) or sig.rank
+    if out_rank != sig.rank:
+        return (*stats, np.ones((1, stats[0].shape[-1]))), weights, None
+    out_axes = list(rest_axes)
+    out_axes.insert(axis, None)
+    return (*stats, np.ones((1, stats[0].shape[-1]))), weights, (tuple(out_axes), axis, moved.shape[1:])
 
 
 def weighted(node, rule, ctx):
     attrs = attributes(node)
     x, weight, w_index = _find_inputs(node, rule, ctx)
+    if node.op_type == "Gemm" and attrs.get("transA", 0) and w_index == 1:
+        raise Unsupported("Gemm with transA on the signal input")
     bias_index = rule.get("bias")
     bias = node.input[bias_index] if bias_index is not None and len(node.input) > bias_index else None
     bias = bias if bias and ctx.graph.is_constant(bias) else None
@@ -147,25 +209,44 @@ def weighted(node, rule, ctx):
         raise Unsupported(f"weight {weight!r} of shape {current.shape} does not fit {layout.kind}") from exc
     alpha = float(attrs.get(rule.get("scale_attr"), 1.0)) if rule.get("scale_attr") else 1.0
     beta = float(attrs.get(rule.get("bias_scale_attr"), 1.0)) if rule.get("bias_scale_attr") else 1.0
-    layer = WeightedLayer(node, weight, bias, layout, ctx.moments[x], _input_channels(layout, x, ctx),
-                          _tap_masks(node, layout, x, ctx, attrs), alpha, current.dtype)
+    out = node.output[0]
+    dense = None
+    if layout.kind == "conv":
+        inputs, site_weights, out_axes = _conv_inputs(node, layout, x, ctx, attrs)
+    elif layout.kind == "conv_transpose":
+        inputs, site_weights, out_axes = _transpose_inputs(node, layout, x, ctx, attrs)
+    else:
+        inputs, site_weights, dense = _dense_inputs(layout, x, ctx, out)
+        out_axes = None
+    layer = WeightedLayer(node, weight, bias, layout, ctx.moments[x], inputs, site_weights, out_axes,
+                          alpha, current.dtype)
     if ctx.scheme is not None:
         ctx.scheme.draw_weighted(layer, ctx)
     mean, shared, within = layer.unit_stats(layout.to_canonical(ctx.value(weight)))
     if bias is not None:
         b = np.asarray(ctx.value(bias), np.float64).reshape(-1)
-        mean = mean + beta * (b if b.size in (1, mean.size) else b.mean())
-    out = node.output[0]
-    rank = ctx.rank(out)
-    positions = has_positions(rank)
-    m = pool_stats(mean, shared + within, shared if positions else shared + within)
-    if not positions:
-        m = m.without_positions()
-    _, out_axis = _channel_axes(layout)
-    expr = None
-    if layout.kind != "matmul" or layout.group_count == 1:
-        total = float(np.sum(shared + within))
-        rho = float(np.sum(shared)) / total if positions and total > 0 else (0.0 if positions else 1.0)
-        expr = channelwise(out, mean, shared + within, rho, rank or 2, out_axis)
-    ctx.set(out, m, expr)
-    ctx.record_layer(layer, m)
+        mean = mean + beta * (b[:, None] if b.size == mean.shape[0] else b.mean())
+    n_out = mean.shape[0]
+    positions = ctx.has_positions(out)
+    if layout.kind in ("conv", "conv_transpose"):
+        axes = list(out_axes)
+        axes[1] = Sites.full(n_out) if n_out > 1 else None
+        site_shape = [1 if s is None else s.size for s in axes]
+        arrays = [a.reshape(site_shape) for a in (mean, shared, within)]
+        if site_count(axes) > SITE_BUDGET:
+            *arrays, axes = pool_positions(*arrays, axes, layer.site_weights.reshape([1, 1] + site_shape[2:]))
+        signal = gaussian(out, *arrays, axes, positions)
+    elif dense is not None:
+        axes, axis, rest_shape = dense
+        axes = list(axes)
+        axes[axis] = Sites.full(n_out) if n_out > 1 else None
+        arrays = [np.moveaxis(a.reshape((n_out,) + tuple(rest_shape)), 0, axis) for a in (mean, shared, within)]
+        signal = gaussian(out, *arrays, axes, positions)
+    else:
+        w = site_weights / site_weights.sum()
+        pooled = [float(np.mean(a @ w)) for a in (mean, shared, within)]
+        spread = float(np.mean((mean ** 2) @ w)) - pooled[0] ** 2
+        rank = ctx.rank(out) or 2
+        signal = gaussian(out, pooled[0], pooled[1] + spread, pooled[2], (None,) * rank, positions)
+    ctx.set(out, signal)
+    ctx.record_layer(layer, ctx.moments[out])

@@ -70,8 +70,7 @@ class AutoInit:
             second = 1.0
         target = 1.0 / (layer.layout.fan_in * second)
         c = draw(layer.layout, target, self.distribution, tensor_rng(self.seed, layer.weight))
-        mean, shared, within = layer.unit_stats(c)
-        realized = float(np.mean(shared + within + mean ** 2))
+        realized = layer.realized_second_moment(c)
         if np.isfinite(realized) and realized > 0:
             c *= np.float32(1.0 / np.sqrt(realized))
         self._store(layer.weight, layer.layout.from_canonical(c).astype(layer.dtype, copy=False))

@@ -1,0 +1,352 @@
+"""A tensor's statistics as values on a quadrature grid of independent roots, per site.
+
+A :class:`Signal` writes every element of a tensor as a function of a few
+independent standard random variables, its *roots*, and stores that function
+by its values at the roots' quadrature nodes:
+
+    values[k_1, ..., k_r, s]  =  x at site s when root i sits at node k_i
+    E[g(x_s)] = sum_k  w_1[k_1] ... w_r[k_r]  g(values[k, s]).
+
+Gaussian roots use Gauss-Hermite nodes. A root is of one of two kinds:
+
+* ``element``: independent from position to position (spatial or sequence
+  axes, the axes after axis 1), as the part of a conv output that changes
+  with the input patch;
+* ``sample``: one value per sample, equal at all positions (a per-image offset,
+  a squeeze-excite gate); pooling over positions does not average it away.
+
+*Sites* are where the statistics differ: the site array has the tensor's
+rank, size 1 on the batch axis and on every axis where all elements are
+alike, and one entry per channel or per position class elsewhere. A spatial
+axis shortened by zero padding keeps the positions near each border apart
+and one class for the interior (:func:`edge_sites`), so the border effects of
+padding on non-zero means follow the network layer after layer.
+
+Elementwise chains are exact for free: x*Sigmoid(x) multiplies two arrays on
+the same grid. Inputs with different roots meet on the product grid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from .moments import Moments
+
+ELEMENT_NODES = 48     # Gauss-Hermite nodes of an element root
+SAMPLE_NODES = 16      # ... of a sample root (a secondary part in practice)
+MIN_NODES = 6
+GRID_BUDGET = 1 << 20  # grid points x sites in one values array
+SITE_BUDGET = 1 << 13  # sites per tensor beyond which positions are pooled (channels are kept)
+MAX_ROOTS = 3          # more roots than this: inputs are collapsed to fresh Gaussians
+SHARED_MIN = 0.02      # a sample root is kept when it carries at least this share of the variance
+EDGE = 2               # positions kept apart next to each border of a padded axis
+
+
+@lru_cache(maxsize=None)
+def gauss_hermite(n: int):
+    """Nodes and normalized weights for E[f(Z)], Z ~ N(0, 1)."""
+    z, w = np.polynomial.hermite_e.hermegauss(n)
+    return z, w / w.sum()
+
+
+@dataclass(frozen=True, eq=False)
+class Root:
+    name: str
+    kind: str                      # "element" | "sample"
+    nodes: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def gaussian(cls, name: str, kind: str, n: int) -> "Root":
+        z, w = gauss_hermite(n)
+        return cls(name, kind, z, w)
+
+
+@dataclass(frozen=True, eq=False)
+class Sites:
+    """Classes of coordinates along one axis: class i covers [starts[i], starts[i] + counts[i])."""
+
+    starts: np.ndarray
+    counts: np.ndarray
+    length: int
+
+    @classmethod
+    def full(cls, length: int) -> "Sites":
+        return cls(np.arange(length), np.ones(length, np.int64), length)
+
+    @property
+    def size(self) -> int:
+        return len(self.starts)
+
+    @property
+    def coords(self) -> np.ndarray:
+        """A representative coordinate per class (the middle of its range)."""
+        return self.starts + (self.counts - 1) // 2
+
+    def index_of(self, coords: np.ndarray) -> np.ndarray:
+        return np.clip(np.searchsorted(self.starts, coords, side="right") - 1, 0, self.size - 1)
+
+    def same_as(self, other: "Sites") -> bool:
+        return self.length == other.length and np.array_equal(self.starts, other.starts)
+
+
+def edge_sites(length: int, edge: int = EDGE) -> Sites:
+    """Each of the first and last ``edge`` positions apart, the interior as one class."""
+    if length <= 2 * edge + 1:
+        return Sites.full(length)
+    starts = np.array(list(range(edge)) + [edge] + [length - edge + i for i in range(edge)])
+    counts = np.array([1] * edge + [length - 2 * edge] + [1] * edge)
+    return Sites(starts, counts, length)
+
+
+@dataclass(eq=False)
+class Signal:
+    roots: tuple
+    values: np.ndarray            # (n_1, ..., n_r) + site shape
+    axes: tuple                   # per tensor axis: None (all alike) or Sites
+    _stats: tuple = field(default=None, repr=False)
+
+    @property
+    def rank(self) -> int:
+        return len(self.axes)
+
+    @property
+    def grid_shape(self) -> tuple:
+        return self.values.shape[:len(self.roots)]
+
+    def site_weights(self) -> np.ndarray:
+        """Share of the tensor's elements each site stands for (sums to 1), site-shaped."""
+        w = np.ones((1,) * self.rank)
+        for a, sites in enumerate(self.axes):
+            if sites is not None:
+                shape = [1] * self.rank
+                shape[a] = sites.size
+                w = w * (sites.counts / sites.length).reshape(shape)
+        return w
+
+    def stats(self):
+        """Per site: (mean, var, shared), shared = variance over the sample roots."""
+        if self._stats is None:
+            self._stats = _site_stats(self)
+        return self._stats
+
+    def moments(self) -> Moments:
+        """Pooled over sites; the spread of the site means counts as shared (it is fixed per channel)."""
+        mean_s, var_s, shared_s = self.stats()
+        w = np.broadcast_to(self.site_weights(), mean_s.shape)
+        w = w / w.sum()
+        mean = float(np.sum(w * mean_s))
+        second = float(np.sum(w * (var_s + mean_s ** 2)))
+        shared_second = float(np.sum(w * (shared_s + mean_s ** 2)))
+        return Moments(mean, second - mean * mean, shared_second - mean * mean).clamped()
+
+
+def _grid_weights(roots) -> np.ndarray:
+    w = np.ones(())
+    for r in roots:
+        w = np.multiply.outer(w, r.weights)
+    return w
+
+
+def _site_stats(sig: Signal):
+    r = len(sig.roots)
+    site_shape = sig.values.shape[r:]
+    if r == 0:
+        mean = np.asarray(sig.values, np.float64)
+        zero = np.zeros_like(mean)
+        return mean, zero, zero
+    w = _grid_weights(sig.roots)
+    flat = sig.values.reshape(w.size, -1)
+    wf = w.reshape(-1)
+    mean = wf @ flat
+    second = wf @ (flat * flat)
+    var = np.maximum(second - mean * mean, 0.0)
+    sample_axes = [i for i, root in enumerate(sig.roots) if root.kind == "sample"]
+    if not sample_axes:
+        shared = np.zeros_like(var)
+    elif len(sample_axes) == r:
+        shared = var
+    else:
+        element_axes = tuple(i for i in range(r) if i not in sample_axes)
+        we = _grid_weights([sig.roots[i] for i in element_axes])
+        moved = np.moveaxis(sig.values, element_axes, tuple(range(len(element_axes))))
+        conditional = np.tensordot(we, moved, axes=len(element_axes))   # (sample nodes..., sites)
+        ws = _grid_weights([sig.roots[i] for i in sample_axes]).reshape(-1)
+        c = conditional.reshape(ws.size, -1)
+        shared = np.clip(ws @ (c * c) - mean * mean, 0.0, var)
+    return mean.reshape(site_shape), var.reshape(site_shape), shared.reshape(site_shape)
+
+
+def nodes_for(n_roots: int, sites: int, cap: int) -> int:
+    if n_roots == 0:
+        return 1
+    k = int((GRID_BUDGET / max(sites, 1)) ** (1.0 / n_roots))
+    return max(MIN_NODES, min(cap, k))
+
+
+def gaussian(name: str, mean, shared, within, axes, positions: bool, extra_roots: int = 0) -> Signal:
+    """A fresh Gaussian signal with per-site mean and variance parts (site-shaped arrays).
+
+    Node counts leave room in the grid budget for ``extra_roots`` more roots of
+    the same size (the other inputs of the op this signal is made for).
+
+    With positions, ``within`` goes to an element root and ``shared`` to a sample
+    root (kept only when it carries at least SHARED_MIN of the variance, else
+    merged into the element root); without positions one sample root carries all.
+    """
+    axes = tuple(axes)
+    site_shape = tuple(1 if s is None else s.size for s in axes)
+    mean = np.broadcast_to(np.asarray(mean, np.float64), site_shape)
+    shared = np.broadcast_to(np.maximum(np.asarray(shared, np.float64), 0.0), site_shape)
+    within = np.broadcast_to(np.maximum(np.asarray(within, np.float64), 0.0), site_shape)
+    parts = []
+    total_shared, total_within = float(np.sum(shared)), float(np.sum(within))
+    if not positions:
+        if total_shared + total_within > 0:
+            parts.append(("sample", shared + within))
+    elif total_shared > SHARED_MIN * (total_shared + total_within):
+        if total_within > 0:
+            parts.append(("element", within))
+        parts.append(("sample", shared))
+    elif total_shared + total_within > 0:
+        parts.append(("element", shared + within))
+    sites = int(np.prod(site_shape, dtype=np.int64))
+    roots, values = [], mean
+    for kind, var in parts:
+        cap = ELEMENT_NODES if kind == "element" else SAMPLE_NODES
+        roots.append(Root.gaussian(f"{name}#{kind}", kind, nodes_for(len(parts) + extra_roots, sites, cap)))
+    for i, ((kind, var), root) in enumerate(zip(parts, roots)):
+        z = root.nodes.reshape([len(root.nodes) if j == i else 1 for j in range(len(roots))] + [1] * len(site_shape))
+        values = values + z * np.sqrt(var)
+    if not roots:
+        values = np.array(mean)
+    return Signal(tuple(roots), np.ascontiguousarray(values, dtype=np.float64), axes)
+
+
+def constant_signal(value, rank: int) -> Signal:
+    """A deterministic tensor (no roots) with sites along the axes where it varies."""
+    value = np.asarray(value, np.float64)
+    value = value.reshape((1,) * (rank - value.ndim) + value.shape)
+    axes = tuple(None if d == 1 else Sites.full(d) for d in value.shape)
+    return Signal((), value, axes)
+
+
+def collapse(sig: Signal, name: str, positions: bool, extra_roots: int = 0) -> Signal:
+    """The Gaussian with the same per-site mean, shared and within variance, on fresh roots."""
+    mean, var, shared = sig.stats()
+    return gaussian(name, mean, shared, var - shared, sig.axes, positions, extra_roots)
+
+
+def pool_positions(mean, shared, within, axes, site_weights):
+    """Merge the sites of every axis after axis 1 into one class (a moment-matched mixture).
+
+    Used where spelling positions out would exceed SITE_BUDGET: per channel,
+    mean = sum_p w_p m_p, within = sum_p w_p (nu_p + m_p^2) - mean^2 - shared.
+    """
+    spatial = tuple(range(2, len(axes)))
+    w = np.broadcast_to(site_weights, np.broadcast_shapes(np.shape(mean), np.shape(site_weights)))
+    w = w / w.sum(axis=spatial, keepdims=True)
+    m = (w * mean).sum(axis=spatial, keepdims=True)
+    s = (w * shared).sum(axis=spatial, keepdims=True)
+    second = (w * (shared + within + mean ** 2)).sum(axis=spatial, keepdims=True)
+    return m, s, np.maximum(second - m * m - s, 0.0), tuple(axes[:2]) + (None,) * len(spatial)
+
+
+def site_count(axes) -> int:
+    return int(np.prod([1 if s is None else s.size for s in axes], dtype=np.int64))
+
+
+def with_axes(sig: Signal, axes) -> Signal:
+    """Re-index ``sig`` onto other sites per axis (same rank); None target axes must be alike already."""
+    values = sig.values
+    r = len(sig.roots)
+    for a, (have, want) in enumerate(zip(sig.axes, axes)):
+        if want is None or (have is not None and have.same_as(want)):
+            continue
+        if have is None:
+            continue  # alike along this axis: broadcasting does it
+        index = have.index_of(want.coords)
+        values = np.take(values, index, axis=r + a)
+    return Signal(sig.roots, values, tuple(axes))
+
+
+def merge_axis(candidates):
+    """One Sites for an axis from the inputs' (None if all alike): the coarsest wins."""
+    present = [s for s in candidates if s is not None]
+    if not present:
+        return None
+    return min(present, key=lambda s: s.size)
+
+
+def align(items, rank: int):
+    """Bring Signals and constant arrays onto one grid: (roots, arrays, axes).
+
+    Arrays come back with the union of roots as leading axes (size 1 where an
+    input does not depend on a root) followed by ``rank`` site axes.
+    """
+    lifted = []
+    for item in items:
+        if isinstance(item, Signal):
+            pad = rank - item.rank
+            lifted.append(Signal(item.roots, item.values.reshape(
+                item.grid_shape + (1,) * pad + item.values.shape[len(item.roots):]), (None,) * pad + item.axes))
+        elif item is None:
+            lifted.append(None)
+        else:
+            value = np.asarray(item)
+            lifted.append(value.reshape((1,) * (rank - value.ndim) + value.shape))
+    axes = []
+    for a in range(rank):
+        sites = merge_axis([x.axes[a] for x in lifted if isinstance(x, Signal)])
+        if sites is None:
+            sizes = [x.shape[a] for x in lifted if isinstance(x, np.ndarray) and x.shape[a] > 1]
+            sites = Sites.full(max(sizes)) if sizes else None
+        axes.append(sites)
+    roots = union_roots([x for x in lifted if isinstance(x, Signal)])
+    arrays = []
+    for x in lifted:
+        if x is None:
+            arrays.append(None)
+        elif isinstance(x, Signal):
+            arrays.append(on_roots(with_axes(x, axes), roots))
+        else:
+            value = x
+            for a, sites in enumerate(axes):
+                if sites is not None and value.shape[a] > 1:
+                    value = np.take(value, sites.coords, axis=a)
+            arrays.append(value.reshape((1,) * len(roots) + value.shape))
+    return tuple(roots), arrays, tuple(axes)
+
+
+def union_roots(signals) -> tuple:
+    """The roots of all ``signals``, each once, in first-seen order."""
+    roots, seen = [], set()
+    for sig in signals:
+        for root in sig.roots:
+            if root.name not in seen:
+                seen.add(root.name)
+                roots.append(root)
+    return tuple(roots)
+
+
+def on_roots(sig: Signal, roots) -> np.ndarray:
+    """sig.values with one leading axis per root of ``roots`` (size 1 where sig does not depend on it)."""
+    order = {r.name: i for i, r in enumerate(roots)}
+    r = len(sig.roots)
+    perm = sorted(range(r), key=lambda i: order[sig.roots[i].name])
+    v = np.transpose(sig.values, perm + list(range(r, sig.values.ndim)))
+    shape = [1] * len(roots)
+    for i in perm:
+        shape[order[sig.roots[i].name]] = sig.values.shape[i]
+    return v.reshape(shape + list(v.shape[r:]))
+
+
+def grid_size(roots, axes) -> int:
+    n = 1
+    for r in roots:
+        n *= len(r.nodes)
+    for s in axes:
+        n *= 1 if s is None else s.size
+    return n

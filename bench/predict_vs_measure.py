@@ -1,6 +1,6 @@
 """Predicted vs ONNX Runtime-measured statistics at every weighted layer of every sample.
 
-    python bench/predict_vs_measure.py [--seed 1] [--batch 64]
+    python bench/predict_vs_measure.py [--seed 1] [--batch 256]
 
 Prints, per sample, the worst relative error of the predicted output variance
 and every layer outside the issue's targets (error > 10%, var outside [0.8, 1.25],
@@ -20,7 +20,7 @@ SAMPLES = sorted((Path(__file__).resolve().parent.parent / "samples").glob("*.on
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=256)
     args = parser.parse_args()
     for path in SAMPLES:
         model, report = onnxinit.autoinit(path, seed=args.seed, return_report=True)

@@ -29,6 +29,22 @@ def write_payload(tensor: onnx.TensorProto, value: np.ndarray) -> None:
     tensor.raw_data = value.tobytes()
 
 
+def planned_weights(graph: Graph, table: RuleTable) -> list:
+    """(weight name, element count) of the weighted layers, in the order propagation visits them."""
+    planned = []
+    for node in graph.nodes:
+        rule = table.lookup(node)
+        if rule is None or rule.kind != "weighted":
+            continue
+        spec = rule.get("weight", 1)
+        candidates = range(len(node.input)) if spec == "any" else [int(spec)]
+        for i in candidates:
+            if i < len(node.input) and node.input[i] in graph.initializers and graph.is_weight(node.input[i]):
+                planned.append((node.input[i], int(np.prod(graph.initializers[node.input[i]].dims, dtype=np.int64))))
+                break
+    return planned
+
+
 def _as_model(model_or_path) -> tuple[onnx.ModelProto, str]:
     if isinstance(model_or_path, onnx.ModelProto):
         copy = onnx.ModelProto()
@@ -54,8 +70,11 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
     if not any(graph.is_weight(t.name) for t in model.graph.initializer) and not graph.constant_nodes:
         raise OnnxInitError(f"{source}: the model has no float weights to initialize")
     table = RuleTable(rules)
-    scheme = AutoInit(graph, seed=seed, distribution=distribution)
-    result = propagate(graph, table, Moments(input_mean, input_var), scheme, progress)
+    scheme = AutoInit(graph, seed=seed, distribution=distribution, planned=planned_weights(graph, table))
+    try:
+        result = propagate(graph, table, Moments(input_mean, input_var), scheme, progress)
+    finally:
+        scheme.close()
     for name, value in scheme.new_values.items():
         write_payload(graph.weight_tensor(name), value)
     report = Report(

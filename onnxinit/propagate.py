@@ -75,10 +75,10 @@ class Propagation:
             self.warnings.append(message)
 
     def record_layer(self, layer, m: Moments) -> None:
-        w = self.value(layer.weight)
+        w = self.value(layer.weight).reshape(-1)
         self.layers.append(LayerRecord(layer.node.name or layer.node.output[0], layer.node.op_type, layer.weight,
                                        layer.layout.fan_in, layer.tap_fraction, layer.input_moments, m,
-                                       float(np.sqrt(np.mean(np.square(w, dtype=np.float64))))))
+                                       float(np.sqrt(np.dot(w, w) / max(w.size, 1)))))
 
 
 def _fold_constants(node, graph: Graph) -> None:

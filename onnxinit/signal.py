@@ -36,9 +36,9 @@ from .moments import Moments
 
 ELEMENT_NODES = 48     # Gauss-Hermite nodes of an element root
 SAMPLE_NODES = 16      # ... of a sample root (a secondary part in practice)
-MIN_NODES = 6
-GRID_BUDGET = 1 << 20  # grid points x sites in one values array
-SITE_BUDGET = 1 << 13  # sites per tensor beyond which positions are pooled (channels are kept)
+MIN_NODES = 8
+GRID_BUDGET = 1 << 19  # grid points x sites in one values array
+SITE_BUDGET = 1 << 16  # sites per tensor beyond which positions are pooled (channels are kept)
 MAX_ROOTS = 3          # more roots than this: inputs are collapsed to fresh Gaussians
 SHARED_MIN = 0.02      # a sample root is kept when it carries at least this share of the variance
 EDGE = 2               # positions kept apart next to each border of a padded axis

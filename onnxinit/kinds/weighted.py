@@ -42,6 +42,7 @@ class WeightedLayer:
     out_axes: tuple            # output Sites per tensor axis (channel axis filled in by the caller)
     scale: float               # alpha: y = alpha * (W x) + beta * b
     dtype: np.dtype
+    inverse: np.ndarray | None = None   # output site -> column of ``inputs`` (distinct sites only)
 
     def __post_init__(self):
         self.site_weights = np.asarray(self.site_weights, np.float64).reshape(-1)
@@ -51,7 +52,7 @@ class WeightedLayer:
     def tap_fraction(self) -> float:
         """Average share of kernel taps inside the input, over output positions."""
         valid = self.inputs[3]
-        return float(np.sum(valid.mean(axis=0) * self.site_weights))
+        return float(np.sum(np.mean(valid, axis=0) * self.site_weights))
 
     @property
     def effective_second_moment(self) -> float:
@@ -59,13 +60,16 @@ class WeightedLayer:
         return self.scale ** 2 * self.tap_fraction * self.input_moments.second_moment
 
     def unit_stats(self, c: np.ndarray):
-        """(mean, shared, within) per output unit and site, shape (C_out, O), bias excluded."""
+        """(mean, shared, within) per output unit and site, shape (C_out, O), bias excluded.
+
+        Computed in float32 (BLAS) on the distinct output sites only, then spread out.
+        """
         groups = self.layout.group_count
         out, fan, taps = c.shape
         mean_g, shared_g, within_g, _ = self.inputs
         sites = mean_g.shape[-1]
-        c64 = c.astype(np.float64, copy=False).reshape(groups, out // groups, fan, taps)
-        a2 = self.scale ** 2
+        c64 = c.astype(np.float32, copy=False).reshape(groups, out // groups, fan, taps)
+        a2 = np.float32(self.scale ** 2)
         means, shareds, withins = [], [], []
         for g in range(groups):
             block = slice(g * fan, (g + 1) * fan)
@@ -73,19 +77,42 @@ class WeightedLayer:
             m = mean_g[block].reshape(fan * taps, sites)
             e = within_g[block].reshape(fan * taps, sites)
             w2 = w.reshape(-1, fan * taps)
-            means.append(self.scale * (w2 @ m))
+            means.append(np.float32(self.scale) * (w2 @ m))
             withins.append(a2 * ((w2 * w2) @ e))
             s = shared_g[block]
             if np.any(s > 0):
                 partial = np.einsum("oit,itp->oip", w, np.sqrt(s))
                 shareds.append(a2 * np.einsum("oip,oip->op", partial, partial))
             else:
-                shareds.append(np.zeros((out // groups, sites)))
-        return np.concatenate(means), np.concatenate(shareds), np.concatenate(withins)
+                shareds.append(np.zeros((out // groups, sites), np.float32))
+        stats = (np.concatenate(a).astype(np.float64) for a in (means, shareds, withins))
+        if self.inverse is None:
+            return tuple(stats)
+        return tuple(a[:, self.inverse] for a in stats)
+
+    def mean_direction(self) -> np.ndarray:
+        """D[g, i, t] with (layer mean over units and positions) = alpha/out * sum_{j in g} C[j,i,t] D[g,i,t].
+
+        D is the input mean each weight multiplies, averaged over output sites
+        (zero where a tap falls in the padding)."""
+        groups = self.layout.group_count
+        mean_g = self.inputs[0]
+        fan, taps = self.layout.canonical_shape[1:]
+        w = self.site_weights if self.inverse is None else np.bincount(
+            self.inverse, weights=self.site_weights, minlength=mean_g.shape[-1])
+        d = np.asarray(mean_g, np.float64) @ w                       # (C_in, T)
+        return np.broadcast_to(d.reshape(-1, fan, d.shape[-1]), (groups, fan, taps))
 
     def realized_second_moment(self, c: np.ndarray) -> float:
-        mean, shared, within = self.unit_stats(c)
+        """E[y^2] over units and positions for weights ``c`` (bias excluded); remembers the stats."""
+        self.last_stats = self.unit_stats(c)
+        mean, shared, within = self.last_stats
         return float(np.mean((mean ** 2 + shared + within) @ self.site_weights))
+
+    def rescale_stats(self, factor: float) -> None:
+        """The weights of the last ``realized_second_moment`` call were multiplied by ``factor``."""
+        mean, shared, within = self.last_stats
+        self.last_stats = (mean * factor, shared * factor ** 2, within * factor ** 2)
 
 
 def _find_inputs(node, rule, ctx):
@@ -132,14 +159,19 @@ def _conv_inputs(node, layout, x, ctx, attrs):
     kernel = list(attrs.get("kernel_shape", layout.shape[2:]))
     lengths = [s.length if s is not None else d for s, d in zip(sig.axes[2:], dims[2:])]
     win = window(attrs, kernel, list(sig.axes[2:]), lengths)
-    gathered = [win.gather(a).reshape(channels, int(np.prod(kernel)), -1) for a in stats]
+    taps = int(np.prod(kernel))
     full = tuple(kernel) + tuple(1 if s is None else s.size for s in win.out_sites)
-    valid = np.broadcast_to(win.valid_mask(), full).reshape(int(np.prod(kernel)), -1)
+    valid = np.broadcast_to(win.valid_mask(), full).reshape(taps, -1)
+    # output sites reading the same input sites through the same valid taps are computed once
+    source = np.arange(int(np.prod(stats[0].shape[1:]))).reshape(stats[0].shape[1:]).astype(np.float64)
+    pattern = win.gather(source[None], fill=-1.0)[0].reshape(taps, -1)
+    _, first, inverse = np.unique(pattern, axis=1, return_index=True, return_inverse=True)
+    gathered = [win.gather(a).reshape(channels, taps, -1)[:, :, first].astype(np.float32) for a in stats]
     weights = np.ones(1)
     for s in win.out_sites:
         weights = np.multiply.outer(weights, s.counts / s.length if s is not None else np.ones(1))
     out_axes = (None, None) + tuple(win.out_sites)
-    return (*gathered, valid), weights.reshape(-1), out_axes
+    return (*gathered, valid), weights.reshape(-1), out_axes, inverse.reshape(-1)
 
 
 def _transpose_inputs(node, layout, x, ctx, attrs):
@@ -181,7 +213,7 @@ def _dense_inputs(layout, x, ctx, out):
     stats = []
     for a in (mean, shared, var - shared):
         moved = _per_channel(a, axis, channels)
-        stats.append(moved.reshape(channels, 1, -1))
+        stats.append(moved.reshape(channels, 1, -1).astype(np.float32))
     weights = np.broadcast_to(np.moveaxis(sig.site_weights(), axis, 0)[0:1], (1,) + moved.shape[1:]).reshape(-1)
     out_rank = ctx.rank(out) or sig.rank
     if out_rank != sig.rank:
@@ -211,18 +243,21 @@ def weighted(node, rule, ctx):
     beta = float(attrs.get(rule.get("bias_scale_attr"), 1.0)) if rule.get("bias_scale_attr") else 1.0
     out = node.output[0]
     dense = None
+    inverse = None
     if layout.kind == "conv":
-        inputs, site_weights, out_axes = _conv_inputs(node, layout, x, ctx, attrs)
+        inputs, site_weights, out_axes, inverse = _conv_inputs(node, layout, x, ctx, attrs)
     elif layout.kind == "conv_transpose":
         inputs, site_weights, out_axes = _transpose_inputs(node, layout, x, ctx, attrs)
     else:
         inputs, site_weights, dense = _dense_inputs(layout, x, ctx, out)
         out_axes = None
     layer = WeightedLayer(node, weight, bias, layout, ctx.moments[x], inputs, site_weights, out_axes,
-                          alpha, current.dtype)
+                          alpha, current.dtype, inverse)
+    layer.last_stats = None
     if ctx.scheme is not None:
         ctx.scheme.draw_weighted(layer, ctx)
-    mean, shared, within = layer.unit_stats(layout.to_canonical(ctx.value(weight)))
+    stats = layer.last_stats or layer.unit_stats(layout.to_canonical(ctx.value(weight)))
+    mean, shared, within = stats
     if bias is not None:
         b = np.asarray(ctx.value(bias), np.float64).reshape(-1)
         mean = mean + beta * (b[:, None] if b.size == mean.shape[0] else b.mean())

@@ -22,6 +22,7 @@ import hashlib
 import numpy as np
 
 from ..distributions import SAMPLERS
+from ..prefetch import Prefetcher
 
 
 def tensor_rng(seed: int, name: str) -> np.random.Generator:
@@ -30,30 +31,69 @@ def tensor_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed & 0xFFFFFFFFFFFFFFFF, digest])
 
 
-def draw(layout, target_var: float, distribution: str, rng: np.random.Generator) -> np.ndarray:
-    """Canonical weights (out, in, taps) with mean square ``target_var``."""
+def unit_samples(seed: int, name: str, distribution: str, shape) -> np.ndarray:
+    """Float32 samples of unit second moment for tensor ``name``, shaped (groups, rows, cols)."""
+    return SAMPLERS[distribution](tensor_rng(seed, name), shape)
+
+
+def center(layout, distribution: str, samples: np.ndarray) -> np.ndarray:
+    """Canonical (out, in, taps) samples, centered across the output units of each group."""
     out, fan, taps = layout.canonical_shape
     groups = layout.group_count
-    grouped = (groups, out // groups, fan * taps)
-    w = SAMPLERS[distribution](rng, grouped)
-    if distribution != "orthogonal" and grouped[1] > 1:
+    w = samples.reshape(groups, out // groups, fan * taps)
+    if distribution != "orthogonal" and w.shape[1] > 1:
         w -= w.mean(axis=1, keepdims=True)
-    mean_square = float(np.mean(np.square(w, dtype=np.float64)))
-    if mean_square > 0:
-        w *= np.float32(np.sqrt(target_var / mean_square))
     return w.reshape(out, fan, taps)
+
+
+def project_out_mean(c: np.ndarray, layout, direction: np.ndarray) -> None:
+    """Make the layer's mean output exactly 0: remove from C its component along the mean direction.
+
+    The layer mean is <C, D> (D broadcast over each group's units), so
+    C -= (<C, D> / <D, D>) D puts it on the zero-mean hyperplane. After centering
+    across units it is already there unless a group has a single unit (depthwise).
+    """
+    out, fan, taps = c.shape
+    groups = layout.group_count
+    grouped = c.reshape(groups, out // groups, fan, taps)
+    d = direction.reshape(groups, 1, fan, taps)
+    norm = float(np.sum(d * d)) * (out // groups)
+    if norm <= 0:
+        return
+    dot = float(np.einsum("gjit,git->", grouped, direction, dtype=np.float64))
+    grouped -= np.float32(dot / norm) * d.astype(np.float32)
+
+
+def mean_square(w: np.ndarray) -> float:
+    flat = w.reshape(-1)
+    return float(np.dot(flat, flat)) / max(flat.size, 1)
 
 
 class AutoInit:
     """The scheme object the weighted and batchnorm kinds call while propagating."""
 
-    def __init__(self, graph, seed: int = 0, distribution: str = "truncated"):
+    def __init__(self, graph, seed: int = 0, distribution: str = "truncated", planned=()):
+        """``planned``: [(weight name, size)] in visit order, drawn ahead on a second thread."""
         if distribution not in SAMPLERS:
             raise ValueError(f"unknown distribution {distribution!r}")
         self.graph = graph
         self.seed = seed
         self.distribution = distribution
         self.new_values: dict[str, np.ndarray] = {}
+        flat = distribution != "orthogonal"
+        self._prefetch = Prefetcher(list(planned) if flat else [],
+                                    lambda name, size: unit_samples(seed, name, distribution, (size,)))
+
+    def close(self) -> None:
+        self._prefetch.close()
+
+    def _samples(self, layer) -> np.ndarray:
+        out, fan, taps = layer.layout.canonical_shape
+        groups = layer.layout.group_count
+        shape = (groups, out // groups, fan * taps)
+        if self.distribution == "orthogonal":
+            return unit_samples(self.seed, layer.weight, self.distribution, shape)
+        return self._prefetch.take(layer.weight, out * fan * taps)
 
     def _store(self, name: str, value: np.ndarray) -> None:
         self.new_values[name] = value
@@ -69,10 +109,17 @@ class AutoInit:
                      "weights drawn for E[x^2] = 1")
             second = 1.0
         target = 1.0 / (layer.layout.fan_in * second)
-        c = draw(layer.layout, target, self.distribution, tensor_rng(self.seed, layer.weight))
+        c = center(layer.layout, self.distribution, self._samples(layer))
+        if self.distribution != "orthogonal" and c.shape[0] == layer.layout.group_count:
+            project_out_mean(c, layer.layout, layer.mean_direction())
         realized = layer.realized_second_moment(c)
         if np.isfinite(realized) and realized > 0:
-            c *= np.float32(1.0 / np.sqrt(realized))
+            factor = 1.0 / np.sqrt(realized)
+        else:
+            ms = mean_square(c)
+            factor = np.sqrt(target / ms) if ms > 0 else 1.0
+        c *= np.float32(factor)
+        layer.rescale_stats(factor)
         self._store(layer.weight, layer.layout.from_canonical(c).astype(layer.dtype, copy=False))
         if layer.bias and self.graph.weight_tensor(layer.bias) is not None and layer.bias not in self.new_values:
             self._store(layer.bias, np.zeros_like(self.graph.constant_value(layer.bias)))

@@ -34,7 +34,7 @@ import numpy as np
 
 from .moments import Moments
 
-ELEMENT_NODES = 48     # Gauss-Hermite nodes of an element root
+ELEMENT_NODES = 128    # Gauss-Hermite nodes of an element root (fewer when sites are many)
 SAMPLE_NODES = 16      # ... of a sample root (a secondary part in practice)
 MIN_NODES = 8
 GRID_BUDGET = 1 << 19  # grid points x sites in one values array

@@ -19,7 +19,8 @@ from ..signal import Signal, collapse, gaussian
 from ..windows import window
 from .common import attributes
 
-MAX_NODES = 256   # equal-mass nodes for order statistics
+SORT_NODES = 1024   # equal-mass nodes for the order statistics of a non-monotone function
+MAX_NODES = 128     # nodes in the quantile space of the maximum
 
 
 @lru_cache(maxsize=None)
@@ -28,20 +29,35 @@ def _equal_mass(n: int) -> np.ndarray:
     return np.array([nd.inv_cdf((i + 0.5) / n) for i in range(n)])
 
 
-def _interpolation(z: np.ndarray, n: int) -> np.ndarray:
-    """(n, len(z)) matrix mapping values at nodes z to values at n equal-mass nodes (linear in z)."""
-    u = np.clip(_equal_mass(n), z[0], z[-1])
-    hi = np.clip(np.searchsorted(z, u), 1, len(z) - 1)
+@lru_cache(maxsize=None)
+def _max_nodes(k: float, n: int = MAX_NODES) -> np.ndarray:
+    """z at the quantiles of the max of k i.i.d. standard normals: Phi^-1(v^(1/k)), v equal-mass."""
+    nd = NormalDist()
+    v = (np.arange(n) + 0.5) / n
+    return np.array([nd.inv_cdf(min(u, 1 - 1e-16)) for u in v ** (1.0 / k)])
+
+
+def _interpolation(z: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(len(targets), len(z)) matrix: values at nodes z -> values at ``targets``, linear in z
+    (extrapolated with the end slopes, exact for a Gaussian)."""
+    hi = np.clip(np.searchsorted(z, targets), 1, len(z) - 1)
     lo = hi - 1
-    t = (u - z[lo]) / (z[hi] - z[lo])
-    m = np.zeros((n, len(z)))
-    m[np.arange(n), lo] = 1 - t
-    m[np.arange(n), hi] += t
+    t = (targets - z[lo]) / (z[hi] - z[lo])
+    m = np.zeros((len(targets), len(z)))
+    rows = np.arange(len(targets))
+    m[rows, lo] = 1 - t
+    m[rows, hi] += t
     return m
 
 
 def max_stats(sig: Signal, flat_sites: np.ndarray, counts: np.ndarray, name: str, positions: bool):
-    """(mean, var, shared) of the max of counts[o] i.i.d. draws at site flat_sites[o]."""
+    """(mean, var, shared) of the max of counts[o] i.i.d. draws at site flat_sites[o].
+
+    Given the sample roots, a site's value is a function g of its element root Z.
+    When g is monotone the max of k draws is g(Z_max) with Z_max = Phi^-1(V^(1/k)),
+    V uniform: equal-weight nodes in V give the moments. Otherwise the values are
+    sorted on fine equal-mass nodes and weighted by F^k - F_prev^k.
+    """
     element = [i for i, r in enumerate(sig.roots) if r.kind == "element"]
     if not element:
         mean, var, shared = (a.reshape(-1)[flat_sites] for a in sig.stats())
@@ -52,19 +68,31 @@ def max_stats(sig: Signal, flat_sites: np.ndarray, counts: np.ndarray, name: str
     e = element[0]
     sample = [i for i in range(len(sig.roots)) if i != e]
     r = len(sig.roots)
+    z = sig.roots[e].nodes
     v = np.moveaxis(sig.values, sample + [e], list(range(r)))
     n_s = int(np.prod([len(sig.roots[i].nodes) for i in sample])) if sample else 1
-    v = v.reshape(n_s, len(sig.roots[e].nodes), -1)[:, :, flat_sites]
+    v = v.reshape(n_s, len(z), -1)[:, :, flat_sites]
     w_s = np.ones(1)
     for i in sample:
         w_s = np.multiply.outer(w_s, sig.roots[i].weights)
     w_s = w_s.reshape(-1)
-    interp = _interpolation(sig.roots[e].nodes, MAX_NODES)
-    ordered = np.sort(np.einsum("jk,sko->sjo", interp, v), axis=1)
-    cdf = np.arange(1, MAX_NODES + 1)[:, None] / MAX_NODES
-    p = cdf ** counts[None, :] - (cdf - 1.0 / MAX_NODES) ** counts[None, :]
-    m1 = np.einsum("jo,sjo->so", p, ordered)
-    m2 = np.einsum("jo,sjo->so", p, ordered ** 2)
+    steps = np.diff(v, axis=1)
+    tol = 1e-12 * (np.abs(v).max() + 1.0)
+    m1 = np.empty((n_s, v.shape[2]))
+    m2 = np.empty_like(m1)
+    if np.all(steps >= -tol) or np.all(steps <= tol):
+        sign = 1.0 if np.all(steps >= -tol) else -1.0
+        for k in np.unique(counts):
+            cols = counts == k
+            at = np.einsum("jk,sko->sjo", _interpolation(z, sign * _max_nodes(float(k))), v[:, :, cols])
+            m1[:, cols] = at.mean(axis=1)
+            m2[:, cols] = (at * at).mean(axis=1)
+    else:
+        ordered = np.sort(np.einsum("jk,sko->sjo", _interpolation(z, _equal_mass(SORT_NODES)), v), axis=1)
+        cdf = np.arange(1, SORT_NODES + 1)[:, None] / SORT_NODES
+        p = cdf ** counts[None, :] - (cdf - 1.0 / SORT_NODES) ** counts[None, :]
+        m1 = np.einsum("jo,sjo->so", p, ordered)
+        m2 = np.einsum("jo,sjo->so", p, ordered ** 2)
     mean = w_s @ m1
     var = np.maximum(w_s @ m2 - mean ** 2, 0.0)
     shared = np.clip(w_s @ m1 ** 2 - mean ** 2, 0.0, var)

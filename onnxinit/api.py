@@ -56,8 +56,13 @@ def _as_model(model_or_path) -> tuple[onnx.ModelProto, str]:
 
 
 def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rules=(),
-             input_mean: float = 0.0, input_var: float = 1.0, progress=None, return_report: bool = False):
+             input_mean: float = 0.0, input_var: float = 1.0, residual: str = "sum", progress=None,
+             return_report: bool = False):
     """AutoInit a model: every weighted layer's output gets mean 0 and variance 1.
+
+    ``residual="weighted"`` also rescales every residual sum to variance 1
+    (folded into weights, or a Mul inserted); ``progress(done, total)`` is
+    called after each node.
 
     Returns the new ``onnx.ModelProto`` (the input is never modified), or
     ``(model, Report)`` with ``return_report=True``.
@@ -72,7 +77,7 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
     table = RuleTable(rules)
     scheme = AutoInit(graph, seed=seed, distribution=distribution, planned=planned_weights(graph, table))
     try:
-        result = propagate(graph, table, Moments(input_mean, input_var), scheme, progress)
+        result = propagate(graph, table, Moments(input_mean, input_var), scheme, progress, residual)
     finally:
         scheme.close()
     for name, value in scheme.new_values.items():
@@ -80,9 +85,10 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
     report = Report(
         command="autoinit", model=source, output=None, seed=seed,
         options={"distribution": distribution, "input_mean": input_mean, "input_var": input_var,
+                 "residual": residual,
                  "rules": [str(r) for r in rules]},
         layers=result.layers, kinds_used=result.kinds_used, fallbacks=result.fallbacks,
-        warnings=result.warnings,
+        warnings=result.warnings, structural_changes=result.structural_changes,
         output_moments={o: result.moments[o] for o in graph.outputs if o in result.moments},
         seconds=time.perf_counter() - start)
     return (model, report) if return_report else model

@@ -7,9 +7,10 @@ import numpy as np
 
 from .graph import Graph
 from .kinds import KINDS
-from .kinds.common import Unsupported, has_positions, signal_inputs
+from .kinds.common import Unsupported, signal_inputs
 from .moments import Moments
 from .op_eval import run_node
+from .residual import weight_residual_sum
 from .signal import Signal, gaussian
 
 FOLD_LIMIT = 1 << 22  # constant subgraph outputs larger than this are not folded
@@ -39,6 +40,9 @@ class Propagation:
     kinds_used: dict = field(default_factory=dict)
     fallbacks: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    residual: str = "sum"
+    layer_outputs: dict = field(default_factory=dict)
+    structural_changes: list = field(default_factory=list)
 
     # --- what kinds use --------------------------------------------------
     def is_signal(self, name: str) -> bool:
@@ -110,16 +114,24 @@ def _passthrough(node, ctx: Propagation, reason: str) -> None:
             ctx.set_moments(out, source if ctx.has_positions(out) else source.without_positions())
 
 
-def propagate(graph: Graph, rules, input_moments: Moments, scheme=None, progress=None) -> Propagation:
-    """Moments of every signal tensor; with a scheme, weights are drawn on the way."""
-    ctx = Propagation(graph, scheme)
+def propagate(graph: Graph, rules, input_moments: Moments, scheme=None, progress=None,
+              residual: str = "sum") -> Propagation:
+    """Moments of every signal tensor; with a scheme, weights are drawn on the way.
+
+    ``progress(done, total)`` is called after each node. ``residual="weighted"``
+    rescales residual sums to unit variance (see residual.py).
+    """
+    if residual not in ("sum", "weighted"):
+        raise ValueError(f"residual must be 'sum' or 'weighted', not {residual!r}")
+    ctx = Propagation(graph, scheme, residual=residual)
     for name in graph.inputs:
         if name in graph.signal_tensors:
             m = Moments(input_moments.mean, input_moments.var, 0.0)
             ctx.set_moments(name, m if ctx.has_positions(name) else m.without_positions())
-    for node in graph.nodes:
+    total = len(graph.nodes)
+    for done, node in enumerate(graph.nodes, 1):
         if progress is not None:
-            progress(node)
+            progress(done, total)
         if not signal_inputs(node, ctx):
             if node.op_type != "Constant":
                 _fold_constants(node, graph)
@@ -130,6 +142,9 @@ def propagate(graph: Graph, rules, input_moments: Moments, scheme=None, progress
         if rule is None:
             _passthrough(node, ctx, "no rule for this op")
             continue
+        if residual == "weighted" and node.op_type in ("Add", "Sum") and node.domain in ("", "ai.onnx") \
+                and len(signal_inputs(node, ctx)) >= 2:
+            weight_residual_sum(node, ctx)
         try:
             KINDS[rule.kind](node, rule, ctx)
             ctx.kinds_used[rule.kind] = ctx.kinds_used.get(rule.kind, 0) + 1

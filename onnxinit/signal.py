@@ -41,7 +41,7 @@ GRID_BUDGET = 1 << 19  # grid points x sites in one values array
 SITE_BUDGET = 1 << 16  # sites per tensor beyond which positions are pooled (channels are kept)
 MAX_ROOTS = 3          # more roots than this: inputs are collapsed to fresh Gaussians
 SHARED_MIN = 0.02      # a sample root is kept when it carries at least this share of the variance
-EDGE = 2               # positions kept apart next to each border of a padded axis
+EDGE = 3               # positions kept apart next to each border of a padded axis
 
 
 @lru_cache(maxsize=None)
@@ -258,6 +258,36 @@ def site_count(axes) -> int:
     return int(np.prod([1 if s is None else s.size for s in axes], dtype=np.int64))
 
 
+def interpolation(z: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(len(targets), len(z)) matrix: values at nodes z -> values at ``targets``, linear in z
+    between nodes and extrapolated with the end slopes (exact for an affine function)."""
+    hi = np.clip(np.searchsorted(z, targets), 1, len(z) - 1)
+    lo = hi - 1
+    t = (targets - z[lo]) / (z[hi] - z[lo])
+    m = np.zeros((len(targets), len(z)))
+    rows = np.arange(len(targets))
+    m[rows, lo] = 1 - t
+    m[rows, hi] += t
+    return m
+
+
+def resample(sig: Signal, nodes: int) -> Signal:
+    """The same function of the same roots on at most ``nodes`` Gauss-Hermite nodes per Gaussian root.
+
+    Values at the new nodes are interpolated from the old ones, so a non-Gaussian
+    signal (a rectified stream) keeps its shape, unlike :func:`collapse`.
+    """
+    roots, values = list(sig.roots), sig.values
+    for i, root in enumerate(sig.roots):
+        if len(root.nodes) <= nodes or len(root.nodes) < 3:
+            continue
+        new = Root.gaussian(root.name, root.kind, nodes)
+        matrix = interpolation(root.nodes, new.nodes)
+        values = np.moveaxis(np.tensordot(matrix, values, axes=([1], [i])), 0, i)
+        roots[i] = new
+    return Signal(tuple(roots), values, sig.axes)
+
+
 def with_axes(sig: Signal, axes) -> Signal:
     """Re-index ``sig`` onto other sites per axis (same rank); None target axes must be alike already."""
     values = sig.values
@@ -280,12 +310,7 @@ def merge_axis(candidates):
     return min(present, key=lambda s: s.size)
 
 
-def align(items, rank: int):
-    """Bring Signals and constant arrays onto one grid: (roots, arrays, axes).
-
-    Arrays come back with the union of roots as leading axes (size 1 where an
-    input does not depend on a root) followed by ``rank`` site axes.
-    """
+def _lift(items, rank: int):
     lifted = []
     for item in items:
         if isinstance(item, Signal):
@@ -297,6 +322,10 @@ def align(items, rank: int):
         else:
             value = np.asarray(item)
             lifted.append(value.reshape((1,) * (rank - value.ndim) + value.shape))
+    return lifted
+
+
+def _layout(lifted, rank: int):
     axes = []
     for a in range(rank):
         sites = merge_axis([x.axes[a] for x in lifted if isinstance(x, Signal)])
@@ -304,7 +333,22 @@ def align(items, rank: int):
             sizes = [x.shape[a] for x in lifted if isinstance(x, np.ndarray) and x.shape[a] > 1]
             sites = Sites.full(max(sizes)) if sizes else None
         axes.append(sites)
-    roots = union_roots([x for x in lifted if isinstance(x, Signal)])
+    return union_roots([x for x in lifted if isinstance(x, Signal)]), tuple(axes)
+
+
+def layout(items, rank: int):
+    """(roots, axes) that :func:`align` would give, without building the arrays."""
+    return _layout(_lift(items, rank), rank)
+
+
+def align(items, rank: int):
+    """Bring Signals and constant arrays onto one grid: (roots, arrays, axes).
+
+    Arrays come back with the union of roots as leading axes (size 1 where an
+    input does not depend on a root) followed by ``rank`` site axes.
+    """
+    lifted = _lift(items, rank)
+    roots, axes = _layout(lifted, rank)
     arrays = []
     for x in lifted:
         if x is None:
@@ -317,7 +361,7 @@ def align(items, rank: int):
                 if sites is not None and value.shape[a] > 1:
                     value = np.take(value, sites.coords, axis=a)
             arrays.append(value.reshape((1,) * len(roots) + value.shape))
-    return tuple(roots), arrays, tuple(axes)
+    return roots, arrays, axes
 
 
 def union_roots(signals) -> tuple:

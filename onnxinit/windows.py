@@ -72,9 +72,23 @@ class Window:
         return mask
 
 
-def window(attrs, kernel, in_sites, lengths, ceil_mode: bool = False) -> Window:
-    """The window of a Conv/pool node over inputs with sites ``in_sites`` and ``lengths``."""
+def edge_for(max_sites: int | None, dims: int) -> int:
+    """The widest border band (at most EDGE) whose classes fit ``max_sites`` per channel."""
+    if max_sites is None:
+        return EDGE
+    for edge in range(EDGE, 0, -1):
+        if (2 * edge + 1) ** dims <= max_sites:
+            return edge
+    return 1
+
+
+def window(attrs, kernel, in_sites, lengths, ceil_mode: bool = False, max_sites: int | None = None) -> Window:
+    """The window of a Conv/pool node over inputs with sites ``in_sites`` and ``lengths``.
+
+    ``max_sites`` bounds the output sites per channel: the border band narrows
+    for wide layers (see signal.SITE_BUDGET)."""
     n = len(kernel)
+    band = edge_for(max_sites, n)
     strides = list(attrs.get("strides", [1] * n)) or [1] * n
     dilations = list(attrs.get("dilations", [1] * n)) or [1] * n
     begins, ends = pads_for(attrs, lengths, kernel, strides, dilations)
@@ -102,7 +116,7 @@ def window(attrs, kernel, in_sites, lengths, ceil_mode: bool = False) -> Window:
             index.append(np.zeros((k, 1), np.int64))
             valid.append(np.ones((k, 1), bool))
         else:
-            out = edge_sites(out_len, max(EDGE, first_full, n_end))
+            out = edge_sites(out_len, max(band, first_full, n_end))
             coords = out.coords[None, :] * s + np.arange(k)[:, None] * d - pb
             ok = (coords >= 0) & (coords < size)
             clipped = np.clip(coords, 0, size - 1)

@@ -13,7 +13,8 @@ import numpy as np
 from onnx import helper
 
 from ..numeric_ops import evaluate
-from ..signal import MAX_ROOTS, GRID_BUDGET, Signal, align, collapse, grid_size
+from ..signal import (ELEMENT_NODES, GRID_BUDGET, MAX_ROOTS, MIN_NODES, Signal, align, collapse, gaussian,
+                      grid_size, layout, nodes_for, resample, with_axes)
 from .common import Unsupported
 
 
@@ -40,18 +41,70 @@ def gather_inputs(node, ctx):
     return inputs
 
 
-def combine(inputs, rank: int, names, out: str, ctx):
-    """Align inputs on one grid, collapsing signal inputs to fresh Gaussians when the grid grows too big."""
+def _root_limit(sites: int) -> int:
+    """How many roots a grid over ``sites`` may have at MIN_NODES nodes each (at least 1)."""
+    limit = 1
+    while limit < MAX_ROOTS and MIN_NODES ** (limit + 1) * sites <= 2 * GRID_BUDGET:
+        limit += 1
+    return limit
+
+
+def fit_budget(inputs, rank: int, names, out: str, ctx):
+    """Signal inputs made to fit one grid within the budget.
+
+    Too many roots for the sites: signal inputs become fresh Gaussians (same
+    per-site moments); too many nodes: roots are resampled on fewer nodes
+    (the shape of a non-Gaussian input is kept).
+    """
     for c in inputs:
         if isinstance(c, np.ndarray) and c.ndim == rank and c.ndim > 0 and c.shape[0] != 1:
             raise Unsupported(f"constant of shape {c.shape} varies along the batch axis")
-    roots, arrays, axes = align(inputs, rank)
-    if len(roots) > MAX_ROOTS or grid_size(roots, axes) > GRID_BUDGET:
+    roots, axes = layout(inputs, rank)
+    if len(roots) > min(MAX_ROOTS, _root_limit(grid_size((), axes))):
         n_signals = sum(isinstance(x, Signal) for x in inputs)
         inputs = [collapse(x, f"{name}@{out}", ctx.has_positions(name), n_signals - 1)
                   if isinstance(x, Signal) else x for x, name in zip(inputs, names)]
-        roots, arrays, axes = align(inputs, rank)
-    return roots, arrays, axes
+        roots, axes = layout(inputs, rank)
+    if grid_size(roots, axes) > GRID_BUDGET:
+        sites = grid_size((), axes)
+        k = nodes_for(len(roots), sites, ELEMENT_NODES)
+        inputs = [resample(x, k) if isinstance(x, Signal) else x for x in inputs]
+    return inputs
+
+
+def _gaussian_sum(node, inputs, rank, ctx):
+    """Add/Sub/Sum of independent fresh Gaussians (one root each, none shared) is Gaussian: exact."""
+    if node.op_type not in ("Add", "Sub", "Sum") or node.domain not in ("", "ai.onnx"):
+        return None
+    signals = [x for x in inputs if isinstance(x, Signal)]
+    if len(signals) < 2 or any(x is not None and not isinstance(x, Signal) for x in inputs):
+        return None
+    if any(len(s.roots) != 1 or not _affine(s) for s in signals):
+        return None
+    if len({s.roots[0].name for s in signals}) != len(signals):
+        return None
+    _, axes = layout(signals, rank)
+    kinds = {s.roots[0].kind for s in signals}
+    mean, shared, within = 0.0, 0.0, 0.0
+    for i, s in enumerate(signals):
+        lifted = Signal(s.roots, s.values.reshape(s.grid_shape + (1,) * (rank - s.rank) + s.values.shape[1:]),
+                        (None,) * (rank - s.rank) + s.axes)
+        m, v, sh = with_axes(lifted, axes).stats()
+        sign = -1.0 if node.op_type == "Sub" and i == 1 else 1.0
+        mean, shared, within = mean + sign * m, shared + sh, within + (v - sh)
+    out = node.output[0]
+    return gaussian(out, mean, shared, within, axes, ctx.has_positions(out) and kinds != {"sample"})
+
+
+def _affine(sig: Signal) -> bool:
+    """A one-root signal whose values are affine in the root's node (a Gaussian)."""
+    z = sig.roots[0].nodes
+    v = sig.values
+    if len(z) < 3:
+        return False
+    slope = (v[-1] - v[0]) / (z[-1] - z[0])
+    predicted = v[0] + np.multiply.outer(z - z[0], slope)
+    return bool(np.allclose(predicted, v, rtol=1e-6, atol=1e-9 * (np.abs(v).max() + 1.0)))
 
 
 def elementwise(node, rule, ctx):
@@ -60,7 +113,12 @@ def elementwise(node, rule, ctx):
     inputs = gather_inputs(node, ctx)
     rank = max([ctx.rank(out) or 0] + [x.rank for x in inputs if isinstance(x, Signal)] +
                [x.ndim for x in inputs if isinstance(x, np.ndarray)] + [1])
-    roots, arrays, axes = combine(inputs, rank, list(node.input), out, ctx)
+    inputs = fit_budget(inputs, rank, list(node.input), out, ctx)
+    exact = _gaussian_sum(node, inputs, rank, ctx)
+    if exact is not None:
+        ctx.set(out, exact)
+        return
+    roots, arrays, axes = align(inputs, rank)
     try:
         result = evaluate(op_node, arrays, ctx.graph.opsets)
     except Exception as exc:  # noqa: BLE001 - the op cannot run on this grid

@@ -15,7 +15,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from ..signal import Signal, collapse, gaussian
+from ..signal import SITE_BUDGET, Signal, collapse, gaussian, interpolation
 from ..windows import window
 from .common import attributes
 
@@ -35,19 +35,6 @@ def _max_nodes(k: float, n: int = MAX_NODES) -> np.ndarray:
     nd = NormalDist()
     v = (np.arange(n) + 0.5) / n
     return np.array([nd.inv_cdf(min(u, 1 - 1e-16)) for u in v ** (1.0 / k)])
-
-
-def _interpolation(z: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """(len(targets), len(z)) matrix: values at nodes z -> values at ``targets``, linear in z
-    (extrapolated with the end slopes, exact for a Gaussian)."""
-    hi = np.clip(np.searchsorted(z, targets), 1, len(z) - 1)
-    lo = hi - 1
-    t = (targets - z[lo]) / (z[hi] - z[lo])
-    m = np.zeros((len(targets), len(z)))
-    rows = np.arange(len(targets))
-    m[rows, lo] = 1 - t
-    m[rows, hi] += t
-    return m
 
 
 def max_stats(sig: Signal, flat_sites: np.ndarray, counts: np.ndarray, name: str, positions: bool):
@@ -84,11 +71,11 @@ def max_stats(sig: Signal, flat_sites: np.ndarray, counts: np.ndarray, name: str
         sign = 1.0 if np.all(steps >= -tol) else -1.0
         for k in np.unique(counts):
             cols = counts == k
-            at = np.einsum("jk,sko->sjo", _interpolation(z, sign * _max_nodes(float(k))), v[:, :, cols])
+            at = np.einsum("jk,sko->sjo", interpolation(z, sign * _max_nodes(float(k))), v[:, :, cols])
             m1[:, cols] = at.mean(axis=1)
             m2[:, cols] = (at * at).mean(axis=1)
     else:
-        ordered = np.sort(np.einsum("jk,sko->sjo", _interpolation(z, _equal_mass(SORT_NODES)), v), axis=1)
+        ordered = np.sort(np.einsum("jk,sko->sjo", interpolation(z, _equal_mass(SORT_NODES)), v), axis=1)
         cdf = np.arange(1, SORT_NODES + 1)[:, None] / SORT_NODES
         p = cdf ** counts[None, :] - (cdf - 1.0 / SORT_NODES) ** counts[None, :]
         m1 = np.einsum("jo,sjo->so", p, ordered)
@@ -139,7 +126,9 @@ def pool(node, rule, ctx):
     kernel = list(attrs.get("kernel_shape", [1] * (sig.rank - 2)))
     dims = ctx.graph.static_dims(x) or [None] * sig.rank
     lengths = [s.length if s is not None else d for s, d in zip(sig.axes[2:], dims[2:])]
-    win = window(attrs, kernel, list(sig.axes[2:]), lengths, ceil_mode=bool(attrs.get("ceil_mode", 0)))
+    channels = sig.values.shape[len(sig.roots) + 1]
+    win = window(attrs, kernel, list(sig.axes[2:]), lengths, ceil_mode=bool(attrs.get("ceil_mode", 0)),
+                 max_sites=SITE_BUDGET // max(channels, 1))
     mean, var, shared = sig.stats()
     taps = int(np.prod(kernel))
     out_shape = tuple(1 if s is None else s.size for s in win.out_sites)

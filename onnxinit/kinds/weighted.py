@@ -158,7 +158,7 @@ def _conv_inputs(node, layout, x, ctx, attrs):
     dims = ctx.graph.static_dims(x) or [None] * rank
     kernel = list(attrs.get("kernel_shape", layout.shape[2:]))
     lengths = [s.length if s is not None else d for s, d in zip(sig.axes[2:], dims[2:])]
-    win = window(attrs, kernel, list(sig.axes[2:]), lengths)
+    win = window(attrs, kernel, list(sig.axes[2:]), lengths, max_sites=SITE_BUDGET // max(layout.shape[0], 1))
     taps = int(np.prod(kernel))
     full = tuple(kernel) + tuple(1 if s is None else s.size for s in win.out_sites)
     valid = np.broadcast_to(win.valid_mask(), full).reshape(taps, -1)
@@ -284,4 +284,5 @@ def weighted(node, rule, ctx):
         rank = ctx.rank(out) or 2
         signal = gaussian(out, pooled[0], pooled[1] + spread, pooled[2], (None,) * rank, positions)
     ctx.set(out, signal)
+    ctx.layer_outputs[out] = layer
     ctx.record_layer(layer, ctx.moments[out])

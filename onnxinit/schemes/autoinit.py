@@ -124,6 +124,10 @@ class AutoInit:
         if layer.bias and self.graph.weight_tensor(layer.bias) is not None and layer.bias not in self.new_values:
             self._store(layer.bias, np.zeros_like(self.graph.constant_value(layer.bias)))
 
+    def rescale(self, name: str, value: np.ndarray) -> None:
+        """A drawn weight changed after the fact (``--residual weighted`` folds a scale into it)."""
+        self._store(name, value)
+
     def set_affine(self, node, scale: str, bias: str) -> None:
         """Normalization layers: scale 1, shift 0."""
         for name, fill in ((scale, 1.0), (bias, 0.0)):

@@ -42,6 +42,7 @@ class Propagation:
     warnings: list = field(default_factory=list)
     residual: str = "sum"
     layer_outputs: dict = field(default_factory=dict)
+    unit_correlation: dict = field(default_factory=dict)
     structural_changes: list = field(default_factory=list)
 
     # --- what kinds use --------------------------------------------------

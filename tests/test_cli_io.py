@@ -22,6 +22,16 @@ def test_cli_writes_model(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.onnx"]
 
 
+def test_version_and_residual_option(tmp_path):
+    r = run("--version")
+    assert r.returncode == 0 and "onnxinit" in r.stdout
+    out = tmp_path / "out.onnx"
+    r = run("autoinit", next(p for p in SAMPLES if p.stem == "resnet20_nobn"), "-o", out, "--residual", "weighted")
+    assert r.returncode == 0, r.stderr
+    assert "changed:" in r.stdout
+    onnx.checker.check_model(onnx.load(out))
+
+
 def test_bad_inputs_exit_2_and_leave_nothing(tmp_path):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00\xffnot a model" * 10)

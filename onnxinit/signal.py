@@ -107,6 +107,7 @@ class Signal:
     values: np.ndarray            # (n_1, ..., n_r) + site shape
     axes: tuple                   # per tensor axis: None (all alike) or Sites
     _stats: tuple = field(default=None, repr=False)
+    affine: bool = False          # values are affine in independent Gaussian roots (a Gaussian)
 
     @property
     def rank(self) -> int:
@@ -222,7 +223,9 @@ def gaussian(name: str, mean, shared, within, axes, positions: bool, extra_roots
         values = values + z * np.sqrt(var)
     if not roots:
         values = np.array(mean)
-    return Signal(tuple(roots), np.ascontiguousarray(values, dtype=np.float64), axes)
+    var = shared + within
+    known = (np.array(mean), np.array(var), np.array(shared if positions else var))
+    return Signal(tuple(roots), np.ascontiguousarray(values, dtype=np.float64), axes, known, affine=True)
 
 
 def constant_signal(value, rank: int) -> Signal:

@@ -79,7 +79,7 @@ def _gaussian_sum(node, inputs, rank, ctx):
     signals = [x for x in inputs if isinstance(x, Signal)]
     if len(signals) < 2 or any(x is not None and not isinstance(x, Signal) for x in inputs):
         return None
-    if any(len(s.roots) != 1 or not _affine(s) for s in signals):
+    if any(len(s.roots) != 1 or not s.affine for s in signals):
         return None
     if len({s.roots[0].name for s in signals}) != len(signals):
         return None
@@ -94,17 +94,6 @@ def _gaussian_sum(node, inputs, rank, ctx):
         mean, shared, within = mean + sign * m, shared + sh, within + (v - sh)
     out = node.output[0]
     return gaussian(out, mean, shared, within, axes, ctx.has_positions(out) and kinds != {"sample"})
-
-
-def _affine(sig: Signal) -> bool:
-    """A one-root signal whose values are affine in the root's node (a Gaussian)."""
-    z = sig.roots[0].nodes
-    v = sig.values
-    if len(z) < 3:
-        return False
-    slope = (v[-1] - v[0]) / (z[-1] - z[0])
-    predicted = v[0] + np.multiply.outer(z - z[0], slope)
-    return bool(np.allclose(predicted, v, rtol=1e-6, atol=1e-9 * (np.abs(v).max() + 1.0)))
 
 
 def elementwise(node, rule, ctx):

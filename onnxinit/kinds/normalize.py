@@ -29,7 +29,15 @@ def _affine(ctx, out, sig: Signal, scale: np.ndarray, shift: np.ndarray):
     """y = scale_c * x + shift_c, channel axis 1, on the signal's grid."""
     shape = (1, -1) + (1,) * max(sig.rank - 2, 0)
     roots, (x, a, b), axes = align([sig, scale.reshape(shape), shift.reshape(shape)], sig.rank)
-    ctx.set(out, Signal(roots, x * a + b, axes))
+    a_sites, b_sites = a.reshape(a.shape[len(roots):]), b.reshape(b.shape[len(roots):])
+    mean, var, shared = (np.asarray(v) for v in sig.stats())
+    site_shape = np.broadcast_shapes(x.shape, a.shape, b.shape)[len(roots):]
+    stats = (np.broadcast_to(a_sites * mean + b_sites, site_shape).copy(),
+             np.broadcast_to(a_sites ** 2 * var, site_shape).copy(),
+             np.broadcast_to(a_sites ** 2 * shared, site_shape).copy())
+    if any(s is not None and t is not None and not s.same_as(t) for s, t in zip(sig.axes, axes)):
+        stats = None   # the sites changed: recompute
+    ctx.set(out, Signal(roots, x * a + b, axes, stats, affine=sig.affine))
 
 
 def batchnorm(node, rule, ctx):

@@ -31,7 +31,7 @@ def cli():
 @click.option("--external-data", is_flag=True, help="Write tensor payloads to OUTPUT.data beside the model.")
 @click.option("--in-place", is_flag=True, help="Allow OUTPUT to be the input file.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON.")
-@click.option("--quiet", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True, help="No summary.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def autoinit(model, output, seed, distribution, rules, input_mean, input_var, residual, external_data, in_place,
              json_path, quiet, debug):
@@ -53,6 +53,89 @@ def autoinit(model, output, seed, distribution, rules, input_mean, input_var, re
         _fail(exc, debug)
     except Exception as exc:  # noqa: BLE001 - unexpected errors still get one line and exit 2
         _fail(exc, debug)
+
+
+def _common_signal_options(f):
+    for option in reversed([
+        click.option("--measure", "measure_signal", is_flag=True,
+                     help="Also run the model in ONNX Runtime and measure every listed tensor."),
+        click.option("--batch", type=click.IntRange(1), default=16, show_default=True,
+                     help="Samples of N(input-mean, input-var) when measuring without --data."),
+        click.option("--data", type=click.Path(path_type=Path), help=".npz of input arrays, by input name."),
+        click.option("--min-var", type=float, default=0.1, show_default=True),
+        click.option("--max-var", type=float, default=10.0, show_default=True),
+        click.option("--rules", "rules", type=click.Path(path_type=Path), multiple=True),
+        click.option("--input-mean", type=float, default=0.0, show_default=True),
+        click.option("--input-var", type=float, default=1.0, show_default=True),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--json", "json_path", type=click.Path(path_type=Path),
+                     help="Write the report as JSON (docs/report-schema.json)."),
+        click.option("--debug", is_flag=True, help="Show tracebacks."),
+    ]):
+        f = option(f)
+    return f
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@_common_signal_options
+@click.option("--all", "all_tensors", is_flag=True, help="Every signal tensor, not only weighted layers and joins.")
+@click.option("--rows", type=click.IntRange(0), default=60, show_default=True,
+              help="Rows shown before the table is cut (flagged rows always show); 0 shows all.")
+@click.option("--mismatch", type=float, default=1.5, show_default=True,
+              help="Flag a measured variance off the prediction by more than this factor.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Variance per layer as a PNG.")
+@click.option("--compare", type=click.Path(path_type=Path), multiple=True, help="Overlay other models in the plot.")
+def inspect(model, measure_signal, batch, data, min_var, max_var, rules, input_mean, input_var, device, json_path,
+            debug, all_tensors, rows, mismatch, plot_path, compare):
+    """Per-layer signal statistics of MODEL: predicted, and measured with --measure."""
+    from .inspect import inspect_model, table
+    try:
+        kwargs = dict(measure_signal=measure_signal, batch=batch, data=data, rules=rules, input_mean=input_mean,
+                      input_var=input_var, all_tensors=all_tensors, min_var=min_var, max_var=max_var,
+                      mismatch=mismatch, device=device)
+        result = inspect_model(model, **kwargs)
+        others = [inspect_model(m, **kwargs) for m in compare]
+        click.echo(table(result, limit=rows or None))
+        if plot_path:
+            from .plot import plot_variance
+            plot_variance([result] + others, [model.name] + [m.name for m in compare], plot_path)
+            click.echo(f"plot written to {plot_path}")
+        if json_path:
+            save_text(json_path, result.report.to_json())
+    except Exception as exc:  # noqa: BLE001 - one line and exit 2
+        _fail(exc, debug)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@_common_signal_options
+@click.option("--verbose", is_flag=True, help="Print the summary even when every layer is in band.")
+def check(model, measure_signal, batch, data, min_var, max_var, rules, input_mean, input_var, device, json_path,
+          debug, verbose):
+    """Exit 0 when every weighted layer's variance is in [--min-var, --max-var], 1 when not, 2 on bad input."""
+    from .inspect import inspect_model
+    try:
+        result = inspect_model(model, measure_signal=measure_signal, batch=batch, data=data, rules=rules,
+                               input_mean=input_mean, input_var=input_var, min_var=min_var, max_var=max_var,
+                               command="check", device=device)
+        offending = result.offending
+        result.report.extra["check"] = {"passed": not offending, "offending": [r.node for r in offending]}
+        if json_path:
+            save_text(json_path, result.report.to_json())
+    except Exception as exc:  # noqa: BLE001 - one line and exit 2
+        _fail(exc, debug)
+    s = result.summary_dict()
+    kind = "measured" if measure_signal else "predicted"
+    if offending:
+        click.echo(f"check failed: {len(offending)} of {s['weighted_layers']} weighted layers have a {kind} "
+                   f"variance outside [{min_var:g}, {max_var:g}]")
+        for r in offending:
+            click.echo(f"  {r.node} ({r.op_type}): variance {r.variance:.4g}")
+        sys.exit(1)
+    if verbose:
+        click.echo(f"check passed: {s['weighted_layers']} weighted layers, {kind} variance in "
+                   f"[{min_var:g}, {max_var:g}]")
 
 
 class ProgressBar:

@@ -1,6 +1,8 @@
 """Empirical moments of intermediate tensors with ONNX Runtime: the check of ``propagate``."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 
@@ -40,14 +42,90 @@ def gaussian_feeds(model: onnx.ModelProto, batch: int, rng: np.random.Generator,
     return feeds
 
 
-def measure(model: onnx.ModelProto, names, feeds: dict) -> dict:
+def data_feeds(model: onnx.ModelProto, path) -> dict:
+    """Inputs from an .npz file: arrays by graph input name (a lone array feeds a lone input)."""
+    path = Path(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise OnnxInitError(f"{path}: cannot read input data ({exc})") from exc
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [vi for vi in model.graph.input if vi.name not in initializers]
+    arrays = dict(archive.items()) if hasattr(archive, "items") else {"": archive}
+    if len(inputs) == 1 and len(arrays) == 1:
+        arrays = {inputs[0].name: next(iter(arrays.values()))}
+    feeds = {}
+    for vi in inputs:
+        if vi.name not in arrays:
+            raise OnnxInitError(f"{path}: no array named {vi.name!r} (has {sorted(arrays)})")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        value = np.asarray(arrays[vi.name])
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            raise OnnxInitError(f"{path}: array {vi.name!r} holds NaN or infinite values")
+        feeds[vi.name] = value.astype(dtype, copy=False)
+    return feeds
+
+
+def providers(device: str = "auto") -> list:
+    """CUDA first when it is there (and asked for or allowed), then CPU."""
+    ort = _runtime()
+    available = ort.get_available_providers()
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise OnnxInitError("--device cuda: this ONNX Runtime has no CUDAExecutionProvider "
+                            "(install onnxruntime-gpu)")
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _session_source(model: onnx.ModelProto, names, model_path):
+    """Serialized model with the extra outputs, and the folder its external data is read from.
+
+    A model stored with external data is re-read without its payloads, so ONNX
+    Runtime reads them from disk and the weights are not copied once more here.
+    """
+    if model_path and Path(model_path).is_file():
+        light = onnx.load_model(str(model_path), load_external_data=False)
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in light.graph.initializer):
+            if len(light.graph.node) == len(model.graph.node):
+                return with_outputs(light, names).SerializeToString(), str(Path(model_path).resolve().parent)
+    present = {o.name for o in model.graph.output}
+    added = [n for n in dict.fromkeys(names) if n not in present]
+    for name in added:   # on the model itself for the time of one serialization: no copy of the weights
+        model.graph.output.append(onnx.ValueInfoProto(name=name))
+    try:
+        return model.SerializeToString(), None
+    finally:
+        del model.graph.output[len(model.graph.output) - len(added):]
+
+
+def measure(model: onnx.ModelProto, names, feeds: dict, model_path=None, device: str = "auto") -> dict:
     """{name: (mean, var)} over all elements of each named tensor, one ONNX Runtime run."""
     ort = _runtime()
     names = list(names)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(with_outputs(model, names).SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    values = session.run(names, feeds)
-    return {n: (float(np.mean(v, dtype=np.float64)), float(np.var(v, dtype=np.float64)))
-            for n, v in zip(names, values)}
+    source, folder = _session_source(model, names, model_path)
+    if folder is not None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+    try:
+        session = ort.InferenceSession(source, options, providers=providers(device))
+        values = session.run(names, feeds)
+    except OnnxInitError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime refuses the model or the data
+        raise OnnxInitError(f"ONNX Runtime could not run the model: {str(exc).splitlines()[0]}") from exc
+    return {n: _mean_var(v) for n, v in zip(names, values)}
+
+
+def _mean_var(v: np.ndarray) -> tuple:
+    """Mean and variance in one pass over the data (sum in float64, sum of squares by BLAS)."""
+    flat = np.ascontiguousarray(v).reshape(-1)
+    if flat.size == 0:
+        return float("nan"), float("nan")
+    if flat.dtype.kind != "f" or flat.dtype.itemsize < 4:
+        flat = flat.astype(np.float32)
+    mean = float(flat.sum(dtype=np.float64)) / flat.size
+    chunk = 1 << 20   # float32 dot products per chunk, summed in float64
+    second = sum(float(np.dot(flat[i:i + chunk], flat[i:i + chunk])) for i in range(0, flat.size, chunk)) / flat.size
+    return mean, max(second - mean * mean, 0.0)

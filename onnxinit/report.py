@@ -2,11 +2,22 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 from . import __version__
 
 SCHEMA_VERSION = 1
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 @dataclass
@@ -23,6 +34,7 @@ class Report:
     output_moments: dict
     seconds: float = 0.0
     structural_changes: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)     # command-specific sections (inspect: rows, summary)
 
     def as_dict(self) -> dict:
         return {
@@ -35,10 +47,12 @@ class Report:
             "kinds_used": self.kinds_used, "fallbacks": self.fallbacks, "warnings": self.warnings,
             "structural_changes": self.structural_changes,
             "output_moments": {k: m.as_dict() for k, m in self.output_moments.items()},
+            **self.extra,
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.as_dict(), indent=2)
+        """JSON text (docs/report-schema.json); non-finite numbers are written as null."""
+        return json.dumps(_finite(self.as_dict()), indent=2, allow_nan=False)
 
     def summary(self) -> str:
         lines = [f"onnxinit {self.command}: {self.model}" + (f" -> {self.output}" if self.output else "")]

@@ -1,0 +1,88 @@
+"""inspect and check: exit codes for pipelines, the JSON schema, the plot, external data."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from conftest import SAMPLES
+from onnxinit.api import autoinit, save_model
+from onnxinit.errors import OnnxInitError
+from onnxinit.inspect import inspect_model
+
+SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "docs" / "report-schema.json").read_text())
+RESNET = next(p for p in SAMPLES if p.stem == "resnet20_nobn")
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "onnxinit.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_check_fails_on_default_init_and_passes_after_autoinit(tmp_path):
+    report = tmp_path / "check.json"
+    r = run("check", RESNET, "--json", report)
+    assert r.returncode == 1, r.stderr
+    assert "check failed" in r.stdout and "/blocks/blocks.8/conv2/Conv" in r.stdout
+    data = json.loads(report.read_text())
+    jsonschema.validate(data, SCHEMA)
+    assert data["check"]["passed"] is False and data["check"]["offending"]
+    fixed = tmp_path / "fixed.onnx"
+    assert run("autoinit", RESNET, "-o", fixed, "--quiet").returncode == 0
+    r = run("check", fixed, "--measure")
+    assert r.returncode == 0 and r.stdout == "", (r.stdout, r.stderr)
+    r = run("check", tmp_path / "missing.onnx")
+    assert r.returncode == 2 and r.stderr.startswith("error:")
+    r = run("check", fixed, "--min-var", "2", "--max-var", "1")
+    assert r.returncode == 2
+
+
+def test_inspect_measures_what_it_predicts_after_autoinit(sample, tmp_path):
+    path = tmp_path / "init.onnx"
+    save_model(autoinit(sample, seed=2), path)
+    result = inspect_model(path, measure_signal=True, batch=256)
+    jsonschema.validate(json.loads(result.report.to_json()), SCHEMA)
+    weighted = [r for r in result.rows if r.weighted]
+    assert weighted and result.summary_dict()["in_band"] == len(weighted)
+    for r in weighted:
+        assert abs(r.predicted.var - r.measured[1]) <= 0.1 * r.measured[1], (r.node, r.predicted, r.measured)
+
+
+def test_inspect_cli_table_plot_and_json(tmp_path):
+    plot, report = tmp_path / "v.png", tmp_path / "r.json"
+    fixed = tmp_path / "fixed.onnx"
+    save_model(autoinit(RESNET), fixed)
+    r = run("inspect", fixed, "--measure", "--plot", plot, "--compare", RESNET, "--json", report, "--rows", "10")
+    assert r.returncode == 0, r.stderr
+    assert "weighted layers in [0.1, 10]: 22/22 (measured)" in r.stdout
+    assert "rows without flags" in r.stdout  # the table was cut to 10 rows
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    jsonschema.validate(json.loads(report.read_text()), SCHEMA)
+    r = run("inspect", fixed, "--all")
+    assert r.returncode == 0 and "Relu" in r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.onnx", "r.json", "v.png"]
+
+
+def test_plot_without_matplotlib_names_the_extra(monkeypatch, tmp_path):
+    from onnxinit.plot import plot_variance
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = inspect_model(RESNET)
+    with pytest.raises(OnnxInitError, match=r"onnxinit\[plot\]"):
+        plot_variance([result], ["x"], tmp_path / "p.png")
+    assert not list(tmp_path.iterdir())
+
+
+def test_inspect_measures_a_model_with_external_data(tmp_path):
+    path = tmp_path / "ext.onnx"
+    save_model(autoinit(RESNET), path, external_data=True)
+    assert (tmp_path / "ext.onnx.data").exists()
+    result = inspect_model(path, measure_signal=True, batch=8)
+    assert all(np.isfinite(r.measured[1]) for r in result.rows)
+
+
+def test_autoinit_json_follows_the_schema(tmp_path):
+    report = tmp_path / "a.json"
+    assert run("autoinit", RESNET, "-o", tmp_path / "o.onnx", "--json", report, "-q").returncode == 0
+    jsonschema.validate(json.loads(report.read_text()), SCHEMA)

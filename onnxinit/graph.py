@@ -67,8 +67,7 @@ class Graph:
     @cached_property
     def _value_infos(self):
         """name -> ValueInfoProto from shape inference on a copy without large payloads."""
-        light = _copy_light(self.model, onnx.ModelProto())
-        _stub_large_initializers(light)
+        light = _light_model(self.model)
         try:
             inferred = shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
         except Exception:  # noqa: BLE001 - inference is best effort; fall back to declared types
@@ -173,31 +172,27 @@ class Graph:
         return {s for s in signal if self.elem_type(s) in FLOAT_TYPES or self.elem_type(s) is None}
 
 
-def _copy_light(model, light):
-    """Copy ``model`` into ``light`` without copying large initializer payloads twice."""
-    saved = []
-    for t in model.graph.initializer:
-        if len(t.raw_data) > LIGHT_LIMIT * 8:
-            saved.append((t, t.raw_data))
-            t.ClearField("raw_data")
-    try:
-        light.CopyFrom(model)
-    finally:
-        for t, raw in saved:
-            t.raw_data = raw
-    return light
+def _light_model(model) -> onnx.ModelProto:
+    """A model for shape inference: the same graph, with large float initializers as typed inputs.
 
-
-def _stub_large_initializers(model):
-    """Replace large initializers by typed graph inputs so inference need not read them."""
-    keep = []
-    for t in model.graph.initializer:
+    Built field by field, so no weight payload is copied (or touched in ``model``).
+    """
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph, source = light.graph, model.graph
+    graph.name = source.name
+    graph.node.extend(source.node)
+    graph.input.extend(source.input)
+    graph.output.extend(source.output)
+    graph.value_info.extend(source.value_info)
+    declared = {i.name for i in source.input}
+    for t in source.initializer:
         n = int(np.prod(t.dims)) if t.dims else 1
         if n > LIGHT_LIMIT and t.data_type in FLOAT_TYPES:
-            if not any(i.name == t.name for i in model.graph.input):
-                model.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+            if t.name not in declared:
+                graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         else:
-            keep.append(t)
-    if len(keep) != len(model.graph.initializer):
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
+            graph.initializer.append(t)
+    return light

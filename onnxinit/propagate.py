@@ -1,6 +1,7 @@
 """Walk the graph once in topological order, asking each node's rule for its outputs' moments."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +15,31 @@ from .residual import weight_residual_sum
 from .signal import Signal, gaussian
 
 FOLD_LIMIT = 1 << 22  # constant subgraph outputs larger than this are not folded
+
+
+class MomentsView(Mapping):
+    """Pooled moments per signal tensor, computed when first asked for."""
+
+    def __init__(self, signals: dict):
+        self._signals = signals
+        self._cache: dict = {}
+
+    def __getitem__(self, name: str) -> Moments:
+        if name not in self._cache:
+            self._cache[name] = self._signals[name].moments()
+        return self._cache[name]
+
+    def __iter__(self):
+        return iter(self._signals)
+
+    def __len__(self) -> int:
+        return len(self._signals)
+
+    def __contains__(self, name) -> bool:
+        return name in self._signals
+
+    def forget(self, name: str) -> None:
+        self._cache.pop(name, None)
 
 
 @dataclass
@@ -34,7 +60,7 @@ class Propagation:
 
     graph: Graph
     scheme: object = None
-    moments: dict = field(default_factory=dict)
+    moments: "MomentsView" = None
     signals: dict = field(default_factory=dict)
     layers: list = field(default_factory=list)
     kinds_used: dict = field(default_factory=dict)
@@ -46,6 +72,9 @@ class Propagation:
     structural_changes: list = field(default_factory=list)
 
     # --- what kinds use --------------------------------------------------
+    def __post_init__(self):
+        self.moments = MomentsView(self.signals)
+
     def is_signal(self, name: str) -> bool:
         return name in self.signals
 
@@ -68,7 +97,7 @@ class Propagation:
 
     def set(self, name: str, signal: Signal) -> None:
         self.signals[name] = signal
-        self.moments[name] = signal.moments()
+        self.moments.forget(name)
 
     def set_moments(self, name: str, m: Moments) -> None:
         """A signal with pooled statistics only (no sites)."""

@@ -27,7 +27,7 @@ the same grid. Inputs with different roots meet on the product grid.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -101,13 +101,34 @@ def edge_sites(length: int, edge: int = EDGE) -> Sites:
     return Sites(starts, counts, length)
 
 
-@dataclass(eq=False)
 class Signal:
-    roots: tuple
-    values: np.ndarray            # (n_1, ..., n_r) + site shape
-    axes: tuple                   # per tensor axis: None (all alike) or Sites
-    _stats: tuple = field(default=None, repr=False)
-    affine: bool = False          # values are affine in independent Gaussian roots (a Gaussian)
+    """roots, values (n_1, ..., n_r) + site shape, axes (per tensor axis: None or Sites).
+
+    A Gaussian signal may be kept *linear*: ``linear = (mean, coefs)``, values =
+    mean + sum_r coefs[r] * z_r, built only when ``values`` is first read; affine
+    maps of it (BatchNorm) then cost nothing on the grid.
+    """
+
+    def __init__(self, roots, values, axes, _stats=None, affine: bool = False, linear=None):
+        self.roots = tuple(roots)
+        self._values = values
+        self.axes = tuple(axes)
+        self._stats = _stats
+        self.affine = affine or linear is not None   # values affine in independent Gaussian roots
+        self.linear = linear
+
+    @property
+    def values(self) -> np.ndarray:
+        if self._values is None:
+            mean, coefs = self.linear
+            values = np.asarray(mean, np.float64)
+            n = len(self.roots)
+            for i, (root, coef) in enumerate(zip(self.roots, coefs)):
+                z = root.nodes.reshape([len(root.nodes) if j == i else 1 for j in range(n)] + [1] * len(self.axes))
+                values = values + z * coef
+            shape = tuple(len(r.nodes) for r in self.roots) + tuple(1 if a is None else a.size for a in self.axes)
+            self._values = np.ascontiguousarray(np.broadcast_to(values, shape), dtype=np.float64)
+        return self._values
 
     @property
     def rank(self) -> int:
@@ -115,7 +136,7 @@ class Signal:
 
     @property
     def grid_shape(self) -> tuple:
-        return self.values.shape[:len(self.roots)]
+        return tuple(len(r.nodes) for r in self.roots)
 
     def site_weights(self) -> np.ndarray:
         """Share of the tensor's elements each site stands for (sums to 1), site-shaped."""
@@ -214,18 +235,16 @@ def gaussian(name: str, mean, shared, within, axes, positions: bool, extra_roots
     elif total_shared + total_within > 0:
         parts.append(("element", shared + within))
     sites = int(np.prod(site_shape, dtype=np.int64))
-    roots, values = [], mean
+    roots, coefs = [], []
     for kind, var in parts:
         cap = ELEMENT_NODES if kind == "element" else SAMPLE_NODES
         roots.append(Root.gaussian(f"{name}#{kind}", kind, nodes_for(len(parts) + extra_roots, sites, cap)))
-    for i, ((kind, var), root) in enumerate(zip(parts, roots)):
-        z = root.nodes.reshape([len(root.nodes) if j == i else 1 for j in range(len(roots))] + [1] * len(site_shape))
-        values = values + z * np.sqrt(var)
-    if not roots:
-        values = np.array(mean)
+        coefs.append(np.sqrt(var))
     var = shared + within
     known = (np.array(mean), np.array(var), np.array(shared if positions else var))
-    return Signal(tuple(roots), np.ascontiguousarray(values, dtype=np.float64), axes, known, affine=True)
+    if not roots:
+        return Signal((), np.array(mean), axes, known, affine=True)
+    return Signal(tuple(roots), None, axes, known, linear=(np.array(mean), coefs))
 
 
 def constant_signal(value, rank: int) -> Signal:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..signal import Signal, align, gaussian
+from ..signal import Signal, Sites, align, gaussian
 from .common import attributes
 
 
@@ -28,6 +28,9 @@ def channel_moments(sig: Signal):
 def _affine(ctx, out, sig: Signal, scale: np.ndarray, shift: np.ndarray):
     """y = scale_c * x + shift_c, channel axis 1, on the signal's grid."""
     shape = (1, -1) + (1,) * max(sig.rank - 2, 0)
+    if sig.linear is not None:
+        _affine_linear(ctx, out, sig, scale.reshape(shape), shift.reshape(shape))
+        return
     roots, (x, a, b), axes = align([sig, scale.reshape(shape), shift.reshape(shape)], sig.rank)
     a_sites, b_sites = a.reshape(a.shape[len(roots):]), b.reshape(b.shape[len(roots):])
     mean, var, shared = (np.asarray(v) for v in sig.stats())
@@ -38,6 +41,23 @@ def _affine(ctx, out, sig: Signal, scale: np.ndarray, shift: np.ndarray):
     if any(s is not None and t is not None and not s.same_as(t) for s, t in zip(sig.axes, axes)):
         stats = None   # the sites changed: recompute
     ctx.set(out, Signal(roots, x * a + b, axes, stats, affine=sig.affine))
+
+
+def _affine_linear(ctx, out, sig: Signal, a: np.ndarray, b: np.ndarray):
+    """An affine map of a linear (Gaussian) signal stays linear: new mean and coefficients, no grid work."""
+    axes = list(sig.axes)
+    channels = a.shape[1]
+    if channels > 1 and axes[1] is None:
+        axes[1] = Sites.full(channels)
+    elif channels > 1 and axes[1].size != channels:
+        a, b = (np.take(v, axes[1].coords, axis=1) for v in (a, b))
+    mean, coefs = sig.linear
+    new_mean = a * mean + b
+    new_coefs = [a * c for c in coefs]
+    m, var, shared = (np.asarray(v) for v in sig.stats())
+    site_shape = np.broadcast_shapes(np.shape(new_mean), *[np.shape(c) for c in new_coefs])
+    stats = tuple(np.broadcast_to(v, site_shape).copy() for v in (new_mean, a * a * var, a * a * shared))
+    ctx.set(out, Signal(sig.roots, None, axes, stats, linear=(new_mean, new_coefs)))
 
 
 def batchnorm(node, rule, ctx):

@@ -37,6 +37,8 @@ class Graph:
                 if name:
                     self.consumers[name].append(node)
         self._values: dict[str, np.ndarray] = {}
+        self.shape_values: dict[str, np.ndarray] = {}   # shape arithmetic with a probe batch size
+        self.dims_override: dict[str, list] = {}         # static dims worked out during propagation
 
     def _topological_order(self):
         nodes = list(self.graph.node)
@@ -105,8 +107,54 @@ class Graph:
         return default if shape is None else len(shape)
 
     def static_dims(self, name: str):
+        """Dims as ints, None where unknown or batch-dependent.
+
+        Where symbolic inference leaves a dim open (a Reshape whose target is
+        computed from Shape), inference with the input's symbolic dims set to 2
+        and to 3 fills it in when both runs agree: such a dim does not depend on
+        the batch size.
+        """
+        if name in self.dims_override:
+            return list(self.dims_override[name])
         shape = self.shape(name)
-        return None if shape is None else [d if isinstance(d, int) and d > 0 else None for d in shape]
+        if shape is None:
+            probed = self._probed_dims.get(name)
+            return None if probed is None else [probed[i] if i > 0 else None for i in range(len(probed))]
+        dims = [d if isinstance(d, int) and d > 0 else None for d in shape]
+        if all(d is not None for d in dims[1:]):
+            return dims
+        probed = self._probed_dims.get(name)
+        if probed is not None and len(probed) == len(dims):
+            dims = [d if d is not None or i == 0 else probed[i] for i, d in enumerate(dims)]
+        return dims
+
+    @cached_property
+    def _probed_dims(self) -> dict:
+        """name -> dims that come out the same with every symbolic input dim set to 2 and to 3."""
+        runs = []
+        for probe in (2, 3):
+            light = _light_model(self.model)
+            for vi in light.graph.input:
+                for d in vi.type.tensor_type.shape.dim:
+                    if not d.HasField("dim_value"):
+                        d.Clear()
+                        d.dim_value = probe
+            try:
+                inferred = shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+            except Exception:  # noqa: BLE001 - best effort
+                return {}
+            dims = {}
+            for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+                if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+                    dims[vi.name] = [d.dim_value if d.HasField("dim_value") else None
+                                     for d in vi.type.tensor_type.shape.dim]
+            runs.append(dims)
+        agreed = {}
+        for name, a in runs[0].items():
+            b = runs[1].get(name)
+            if b is not None and len(a) == len(b):
+                agreed[name] = [x if x == y and x else None for x, y in zip(a, b)]
+        return agreed
 
     # --- weights and constants -------------------------------------------
     def is_constant(self, name: str) -> bool:

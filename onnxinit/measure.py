@@ -28,8 +28,17 @@ def with_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
     return copy
 
 
+def _index_range(model: onnx.ModelProto, name: str) -> int:
+    """Token ids: the row count of a table an input indexes with Gather (2 when none is found)."""
+    tables = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name and node.input[0] in tables:
+            return max(int(tables[node.input[0]].dims[0]), 1)
+    return 2
+
+
 def gaussian_feeds(model: onnx.ModelProto, batch: int, rng: np.random.Generator, mean=0.0, var=1.0):
-    """N(mean, var) for every float graph input, symbolic dims set to ``batch``."""
+    """N(mean, var) for every float graph input, uniform token ids for integer ones; symbolic dims = ``batch``."""
     initializers = {t.name for t in model.graph.initializer}
     feeds = {}
     for vi in model.graph.input:
@@ -38,7 +47,12 @@ def gaussian_feeds(model: onnx.ModelProto, batch: int, rng: np.random.Generator,
         tt = vi.type.tensor_type
         shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else batch for d in tt.shape.dim]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        feeds[vi.name] = (mean + np.sqrt(var) * rng.standard_normal(shape)).astype(dtype)
+        if np.issubdtype(dtype, np.integer):
+            feeds[vi.name] = rng.integers(0, _index_range(model, vi.name), shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[vi.name] = rng.random(shape) < 0.5
+        else:
+            feeds[vi.name] = (mean + np.sqrt(var) * rng.standard_normal(shape)).astype(dtype)
     return feeds
 
 

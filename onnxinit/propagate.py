@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .dims import PROBE_BATCH, fill_dims
 from .graph import Graph
 from .kinds import KINDS
 from .kinds.common import Unsupported, signal_inputs
 from .moments import Moments
+from .montecarlo import monte_carlo
 from .op_eval import run_node
 from .residual import weight_residual_sum
 from .signal import Signal, gaussian
@@ -69,6 +71,7 @@ class Propagation:
     residual: str = "sum"
     layer_outputs: dict = field(default_factory=dict)
     unit_correlation: dict = field(default_factory=dict)
+    embeddings: list = field(default_factory=list)
     structural_changes: list = field(default_factory=list)
 
     # --- what kinds use --------------------------------------------------
@@ -115,6 +118,64 @@ class Propagation:
                                        float(np.sqrt(np.dot(w, w) / max(w.size, 1)))))
 
 
+SHAPE_DATA_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Div", "Mul", "Add", "Sub", "Slice",
+                  "Cast", "Floor", "Ceil", "Identity", "Reshape", "ReduceProd", "Neg", "Max", "Min", "Pow", "Sqrt",
+                  "Reciprocal", "Range", "Equal", "Where", "ConstantOfShape", "Expand"}
+SECOND_PROBE = 10007
+
+
+def _shape_data(node, ctx) -> None:
+    """Shape arithmetic evaluated twice, with unknown batch dims set to two probe sizes.
+
+    Results equal under both probes do not depend on the batch: they become
+    constants (sqrt(head_dim) for attention scaling, position ids). Others stay
+    in graph.shape_values as (probe 1, probe 2) pairs, which dims.py reads to
+    work out a Reshape's static dims; they are never used as values.
+    """
+    graph = ctx.graph
+    if node.op_type not in SHAPE_DATA_OPS or node.domain not in ("", "ai.onnx"):
+        return
+    if node.op_type == "Shape":
+        dims = graph.static_dims(node.input[0])
+        if not dims or sum(d is None for d in dims) > 1:
+            return
+        attrs = {a.name: a.i for a in node.attribute}
+        pair = []
+        for probe in (PROBE_BATCH, SECOND_PROBE):
+            value = np.array([probe if d is None else d for d in dims], np.int64)
+            pair.append(value[attrs.get("start", 0):attrs.get("end", len(value))])
+        _record_shape_data(graph, node.output[0], pair)
+        return
+    runs = ([], [])
+    for name in node.input:
+        pair = graph.shape_values.get(name) if name else None
+        if pair is None and name:
+            value = graph.constant_value(name)
+            if value is None:
+                return
+            pair = (value, value)
+        for k in (0, 1):
+            runs[k].append(None if pair is None else pair[k])
+    if not any(n in graph.shape_values for n in node.input if n):
+        return
+    try:
+        outputs = [run_node(node, runs[k], graph.opsets) for k in (0, 1)]
+    except Exception:  # noqa: BLE001 - not shape arithmetic after all
+        return
+    for name, a, b in zip([o for o in node.output if o], outputs[0], outputs[1]):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.size <= 4096:
+            _record_shape_data(graph, name, (a, b))
+
+
+def _record_shape_data(graph, name, pair) -> None:
+    a, b = pair
+    if a.shape == b.shape and np.array_equal(a, b):
+        graph.set_value(name, a)      # the same for any batch size: a true constant
+    else:
+        graph.shape_values[name] = (a, b)
+
+
 def _fold_constants(node, graph: Graph) -> None:
     """Evaluate a node whose inputs are all known constants, so later rules can read its value."""
     values = [graph.constant_value(n) if n else None for n in node.input]
@@ -133,11 +194,22 @@ def _fold_constants(node, graph: Graph) -> None:
             graph.set_value(name, value)
 
 
-def _passthrough(node, ctx: Propagation, reason: str) -> None:
-    """No rule could handle the node: warn and give its float outputs the first input's moments."""
+def _fallback(node, ctx: Propagation, reason: str) -> None:
+    """No rule handled the node: run it alone on samples (montecarlo.py), else pass statistics through."""
     key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
     ctx.fallbacks[key] = ctx.fallbacks.get(key, 0) + 1
-    ctx.warn(f"{key} ({node.name or node.output[0]}): {reason}; statistics passed through unchanged")
+    try:
+        engine = monte_carlo(node, ctx)
+    except Unsupported as exc:
+        ctx.warn(f"{key} ({node.name or node.output[0]}): {reason}; Monte Carlo impossible ({exc}); "
+                 "statistics passed through unchanged")
+        _passthrough(node, ctx)
+        return
+    ctx.warn(f"{key} ({node.name or node.output[0]}): {reason}; estimated by Monte Carlo with {engine}")
+
+
+def _passthrough(node, ctx: Propagation) -> None:
+    """Give the node's float outputs the first signal input's moments."""
     source = ctx.moments[signal_inputs(node, ctx)[0]]
     for out in node.output:
         if out and out in ctx.graph.signal_tensors:
@@ -163,14 +235,27 @@ def propagate(graph: Graph, rules, input_moments: Moments, scheme=None, progress
         if progress is not None:
             progress(done, total)
         if not signal_inputs(node, ctx):
+            rule = rules.lookup(node)
+            if rule is not None and rule.get("source") and any(o in graph.signal_tensors for o in node.output if o):
+                try:
+                    KINDS[rule.kind](node, rule, ctx)
+                    ctx.kinds_used[rule.kind] = ctx.kinds_used.get(rule.kind, 0) + 1
+                    continue
+                except Unsupported as exc:
+                    ctx.warn(f"{node.op_type} ({node.name or node.output[0]}): {exc}")
             if node.op_type != "Constant":
                 _fold_constants(node, graph)
+                if not all(graph.is_constant(o) for o in node.output if o):
+                    _shape_data(node, ctx)
             continue
         if not any(o in graph.signal_tensors for o in node.output if o):
+            _shape_data(node, ctx)
             continue
+        if node.op_type in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Split"):
+            fill_dims(node, ctx)
         rule = rules.lookup(node)
         if rule is None:
-            _passthrough(node, ctx, "no rule for this op")
+            _fallback(node, ctx, "no rule for this op")
             continue
         if residual == "weighted" and node.op_type in ("Add", "Sum") and node.domain in ("", "ai.onnx") \
                 and len(signal_inputs(node, ctx)) >= 2:
@@ -179,5 +264,5 @@ def propagate(graph: Graph, rules, input_moments: Moments, scheme=None, progress
             KINDS[rule.kind](node, rule, ctx)
             ctx.kinds_used[rule.kind] = ctx.kinds_used.get(rule.kind, 0) + 1
         except Unsupported as exc:
-            _passthrough(node, ctx, str(exc))
+            _fallback(node, ctx, str(exc))
     return ctx

@@ -64,7 +64,7 @@ class Report:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.kinds_used.items()))
         lines.append(f"  ops by rule kind: {kinds or 'none'}")
         if self.fallbacks:
-            lines.append("  passed through without a rule: " +
+            lines.append("  ops without a rule (Monte Carlo estimate, or passed through; see warnings): " +
                          ", ".join(f"{k} x{v}" for k, v in sorted(self.fallbacks.items())))
         for name, m in self.output_moments.items():
             lines.append(f"  model output {name}: predicted mean {m.mean:.4g}, variance {m.var:.4g}")

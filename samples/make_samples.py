@@ -1,6 +1,6 @@
 """Export the bundled sample models (needs torch; the product never imports it).
 
-    python samples/make_samples.py [OUTDIR]
+    python samples/make_samples.py [OUTDIR [NAME ...]]
 
 Each sample is a small real PyTorch export (< 5 MB) with a dynamic batch axis,
 left with PyTorch's default initialization so the tools have something to fix.
@@ -97,6 +97,35 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+class TinyBert(nn.Module):
+    """A BERT-style encoder on token ids: embeddings, 2 post-LN layers, explicit attention, GELU, CLS head."""
+
+    def __init__(self, vocab=1000, seq=16, dim=64, heads=4, layers=2, ffn=128, n_out=10):
+        super().__init__()
+        self.heads = heads
+        self.tok = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.randn(1, seq, dim) * 0.02)
+        self.ln0 = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList()
+        for _ in range(layers):
+            self.blocks.append(nn.ModuleDict({
+                "qkv": nn.Linear(dim, 3 * dim), "proj": nn.Linear(dim, dim), "ln1": nn.LayerNorm(dim),
+                "fc1": nn.Linear(dim, ffn), "fc2": nn.Linear(ffn, dim), "ln2": nn.LayerNorm(dim)}))
+        self.head = nn.Linear(dim, n_out)
+
+    def forward(self, ids):
+        x = self.ln0(self.tok(ids) + self.pos)
+        n, t, d = x.shape
+        h = self.heads
+        for b in self.blocks:
+            q, k, v = b["qkv"](x).reshape(n, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+            scores = q @ k.transpose(-1, -2) / (d // h) ** 0.5
+            att = (scores.softmax(-1) @ v).transpose(1, 2).reshape(n, t, d)
+            x = b["ln1"](x + b["proj"](att))
+            x = b["ln2"](x + b["fc2"](nn.functional.gelu(b["fc1"](x))))
+        return self.head(x[:, 0])
+
+
 SAMPLES = {
     # name: (builder, export in training mode?)
     "mlp_relu_deep": (deep_relu_mlp, False),
@@ -105,30 +134,32 @@ SAMPLES = {
     "cnn_swish": (swish_cnn, True),
     "resnet20_nobn": (lambda: (CifarResNet(norm=False), (3, 32, 32)), False),
     "resnet20_bn_train": (lambda: (CifarResNet(norm=True), (3, 32, 32)), True),
+    "bert_tiny": (lambda: (TinyBert(), (16,), 1000), False),
 }
 
 
 def export(name, outdir):
     builder, training = SAMPLES[name]
     torch.manual_seed(0)
-    model, in_shape = builder()
+    model, in_shape, *vocab = builder()
     model.train(training)
     mode = torch.onnx.TrainingMode.TRAINING if training else torch.onnx.TrainingMode.EVAL
     path = Path(outdir) / f"{name}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, torch.randn(2, *in_shape), str(path), dynamo=False,
+            model, torch.randint(0, vocab[0], (2, *in_shape)) if vocab else torch.randn(2, *in_shape), str(path),
+            dynamo=False,
             training=mode, do_constant_folding=not training, opset_version=OPSET,
             input_names=["input"], output_names=["output"],
             dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     return path
 
 
-def main(outdir=None):
+def main(outdir=None, *names):
     outdir = Path(outdir or Path(__file__).parent)
     outdir.mkdir(parents=True, exist_ok=True)
-    for name in SAMPLES:
+    for name in names or SAMPLES:
         path = export(name, outdir)
         print(f"{path}  {path.stat().st_size / 1e6:.2f} MB")
 

@@ -6,7 +6,8 @@ with ``ctx.set``. The rule table (rules/ops.toml) maps op types to kinds.
 from .elementwise import elementwise
 from .normalize import batchnorm, fixed
 from .pooling import pool
-from .structural import concat, dropout, identity, pad, reshape
+from .structural import concat, dropout, identity, pad, reshape, split
+from .transformer import gather, layernorm
 from .weighted import weighted
 
 KINDS = {
@@ -20,4 +21,7 @@ KINDS = {
     "concat": concat,
     "pad": pad,
     "fixed": fixed,
+    "gather": gather,
+    "layernorm": layernorm,
+    "split": split,
 }

@@ -236,3 +236,30 @@ def pad(node, rule, ctx):
             values = np.where(inside.reshape(shape), values, value)
         axes[a] = sites
     ctx.set(out, Signal(sig.roots, np.ascontiguousarray(values), tuple(axes)))
+
+
+def split(node, rule, ctx):
+    """Split along an axis: each output takes its range of the input's sites there."""
+    from ..dims import split_sizes
+    x = node.input[0]
+    sig = ctx.signal(x)
+    axis = int(attributes(node).get("axis", 0)) % sig.rank
+    sites = sig.axes[axis]
+    dims = ctx.graph.static_dims(x)
+    length = sites.length if sites is not None else (dims[axis] if dims else None)
+    sizes = split_sizes(node, ctx, length)
+    if sizes is None or len(sizes) != len(node.output):
+        raise Unsupported("unknown split sizes")
+    r = len(sig.roots)
+    start = 0
+    for name, size in zip(node.output, sizes):
+        if name:
+            if sites is None:
+                ctx.set(name, sig)
+            else:
+                index = sites.index_of(np.arange(start, start + size))
+                axes = list(sig.axes)
+                axes[axis] = Sites.full(size) if size > 1 else None
+                values = np.take(sig.values, index if size > 1 else index[:1], axis=r + axis)
+                ctx.set(name, Signal(sig.roots, values, tuple(axes)))
+        start += size

@@ -26,6 +26,7 @@ from ..moments import Moments
 from ..signal import SITE_BUDGET, Sites, gaussian, pool_positions, site_count
 from ..windows import window
 from .common import Unsupported, attributes
+from .transformer import matmul_product
 
 
 @dataclass
@@ -267,7 +268,12 @@ def _dense_inputs(layout, x, ctx, out):
 
 def weighted(node, rule, ctx):
     attrs = attributes(node)
-    x, weight, w_index = _find_inputs(node, rule, ctx)
+    try:
+        x, weight, w_index = _find_inputs(node, rule, ctx)
+    except Unsupported:
+        if node.op_type == "MatMul" and all(ctx.is_signal(n) for n in node.input[:2]):
+            return matmul_product(node, ctx)
+        raise
     if node.op_type == "Gemm" and attrs.get("transA", 0) and w_index == 1:
         raise Unsupported("Gemm with transA on the signal input")
     bias_index = rule.get("bias")

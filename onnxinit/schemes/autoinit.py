@@ -124,6 +124,20 @@ class AutoInit:
         if layer.bias and self.graph.weight_tensor(layer.bias) is not None and layer.bias not in self.new_values:
             self._store(layer.bias, np.zeros_like(self.graph.constant_value(layer.bias)))
 
+    def draw_embedding(self, name: str, table: np.ndarray, ctx) -> None:
+        """An embedding table: every column centered over the rows, unit second moment: E[y^2] = 1."""
+        if name in self.new_values or self.graph.weight_tensor(name) is None:
+            return
+        rows = table.shape[0]
+        w = unit_samples(self.seed, name, "normal" if self.distribution == "orthogonal" else self.distribution,
+                         (1, rows, int(np.prod(table.shape[1:]))))[0]
+        if rows > 1:
+            w -= w.mean(axis=0, keepdims=True)
+        ms = mean_square(w)
+        if ms > 0:
+            w *= np.float32(1.0 / np.sqrt(ms))
+        self._store(name, w.reshape(table.shape).astype(table.dtype, copy=False))
+
     def rescale(self, name: str, value: np.ndarray) -> None:
         """A drawn weight changed after the fact (``--residual weighted`` folds a scale into it)."""
         self._store(name, value)

@@ -1,0 +1,140 @@
+"""Static dims of structural ops' outputs where shape inference left them open.
+
+Exporters compute Reshape targets from Shape (to keep the batch size
+dynamic), which ONNX shape inference cannot always follow. With the shape
+arithmetic evaluated on a probe batch size (propagate.PROBE_BATCH), the
+target is known: a dim divisible by the probe depends on the batch (None),
+any other is static. Transpose, Squeeze, Unsqueeze, Flatten and Split then
+carry the dims on.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .kinds.common import attributes
+
+PROBE_BATCH = 9973      # propagate evaluates shape arithmetic with these two batch sizes
+SECOND_PROBE = 10007
+
+
+def _value(ctx, name):
+    """A constant's value, or a shape-arithmetic value with -7 where it depends on the batch size."""
+    if not name:
+        return None
+    value = ctx.graph.constant_value(name)
+    if value is not None:
+        return np.asarray(value).astype(np.int64).reshape(-1)
+    pair = ctx.graph.shape_values.get(name)
+    if pair is None or pair[0].shape != pair[1].shape:
+        return None
+    a, b = (np.asarray(v).astype(np.int64).reshape(-1) for v in pair)
+    return np.where(a == b, a, BATCH_DEPENDENT)
+
+
+BATCH_DEPENDENT = -7
+
+
+def _axes(node, ctx, rank):
+    attrs = attributes(node)
+    axes = _value(ctx, node.input[1]) if len(node.input) > 1 else None
+    if axes is None and "axes" in attrs:
+        axes = np.asarray(attrs["axes"], np.int64)
+    return None if axes is None else [int(a) % rank for a in axes]
+
+
+def _probe(dims):
+    return [PROBE_BATCH if d is None else d for d in dims]
+
+
+def _unprobe(values):
+    return [None if v % PROBE_BATCH == 0 else int(v) for v in values]
+
+
+def split_sizes(node, ctx, length):
+    """Sizes of a Split's outputs along its axis (``length`` long), or None."""
+    attrs = attributes(node)
+    sizes = _value(ctx, node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    if sizes is None and "split" in attrs:
+        sizes = list(attrs["split"])
+    n_out = len(node.output)
+    if sizes is None:
+        if length is None:
+            return None
+        part = -(-length // n_out)
+        sizes = [part] * (n_out - 1) + [length - part * (n_out - 1)]
+    return [int(v) for v in sizes]
+
+
+def output_dims(node, ctx):
+    """[dims per output] for a structural node, or None when they cannot be worked out."""
+    dims = ctx.graph.static_dims(node.input[0]) if node.input else None
+    if dims is None:
+        return None
+    op = node.op_type
+    attrs = attributes(node)
+    if op == "Transpose":
+        perm = list(attrs.get("perm", range(len(dims) - 1, -1, -1)))
+        return [[dims[p] for p in perm]]
+    if op == "Reshape":
+        target = _value(ctx, node.input[1])
+        if target is None or sum(d is None for d in dims) > 1:
+            return None
+        out = [dims[i] if t == 0 and not attrs.get("allowzero", 0) else (None if t == BATCH_DEPENDENT else int(t))
+               for i, t in enumerate(target)]
+        if -1 in out:
+            known = [v for v in out if v != -1]
+            static_in = int(np.prod([d for d in dims if d is not None]))
+            static_known = int(np.prod([v for v in known if v is not None]))
+            batch_in, batch_out = None in dims, None in known
+            # the batch goes into -1 when no other target dim takes it
+            out[out.index(-1)] = None if batch_in and not batch_out else static_in // max(static_known, 1)
+        return [out]
+    if op == "Squeeze":
+        axes = _axes(node, ctx, len(dims))
+        if axes is None:
+            return [[d for d in dims if d != 1]]
+        return [[d for i, d in enumerate(dims) if i not in axes]]
+    if op == "Unsqueeze":
+        axes = _axes(node, ctx, len(dims) + len(node.input[1:] and _value(ctx, node.input[1]) or
+                                                 attrs.get("axes", [])))
+        if axes is None:
+            return None
+        out = list(dims)
+        for a in sorted(axes):
+            out.insert(a, 1)
+        return [out]
+    if op == "Flatten":
+        axis = int(attrs.get("axis", 1)) % (len(dims) + 1)
+        src = _probe(dims)
+        return [_unprobe([int(np.prod(src[:axis])), int(np.prod(src[axis:]))])]
+    if op == "Split":
+        axis = int(attrs.get("axis", 0)) % len(dims)
+        if dims[axis] is None:
+            return None
+        sizes = split_sizes(node, ctx, dims[axis])
+        if sizes is None:
+            return None
+        result = []
+        for size in sizes:
+            d = list(dims)
+            d[axis] = int(size)
+            result.append(d)
+        return result
+    return None
+
+
+def fill_dims(node, ctx) -> None:
+    """Record worked-out dims for outputs whose static dims are missing some entries."""
+    try:
+        worked = output_dims(node, ctx)
+    except (ValueError, IndexError, TypeError):
+        return
+    if not worked:
+        return
+    for name, dims in zip(node.output, worked):
+        current = ctx.graph.static_dims(name)
+        if not name or current == dims:
+            continue
+        if current is None or (len(current) == len(dims) and
+                               sum(d is None for d in current) > sum(d is None for d in dims)):
+            ctx.graph.dims_override[name] = dims

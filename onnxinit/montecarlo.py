@@ -1,0 +1,129 @@
+"""Monte Carlo fallback: an op with no rule is run alone on Gaussian samples of its inputs.
+
+Signal inputs are drawn from N(mean, var) per site (their propagated
+statistics, spelled out to the tensor's real shape), constant inputs are
+their values. The op runs in ONNX Runtime when it is installed (contrib and
+custom-domain ops included) and in ``onnx.reference`` otherwise. The outputs'
+per-channel statistics (axis 1) become fresh Gaussian signals.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .kinds.common import Unsupported
+from .op_eval import run_node
+from .signal import Sites, gaussian
+
+MIN_ELEMENTS = 1 << 14   # samples drawn per signal input, at least
+MAX_BATCH = 4096
+MAX_CHANNELS = 1 << 14
+
+
+def _shape(ctx, name):
+    dims = ctx.graph.static_dims(name)
+    if dims is None or any(d is None for d in dims[1:]):
+        raise Unsupported(f"input {name!r} has no static shape to sample")
+    return dims
+
+
+def _draw(sig, dims, rng):
+    """Samples of shape dims (batch filled in) from the signal's per-site Gaussian statistics."""
+    mean, var, _ = sig.stats()
+    index = []
+    for a, (sites, d) in enumerate(zip(sig.axes, dims)):
+        if sites is None:
+            index.append(np.zeros(d, np.int64))
+        else:
+            index.append(sites.index_of(np.arange(d)))
+    grid = np.ix_(*index)
+    m = np.broadcast_to(mean, [1 if s is None else s.size for s in sig.axes])[grid]
+    v = np.broadcast_to(var, [1 if s is None else s.size for s in sig.axes])[grid]
+    return m + np.sqrt(v) * rng.standard_normal(dims)
+
+
+def _run_ort(node, feeds, graph):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    inputs = []
+    for name in node.input:
+        if name:
+            value = feeds[name]
+            elem = helper.np_dtype_to_tensor_dtype(value.dtype)
+            inputs.append(helper.make_tensor_value_info(name, elem, list(value.shape)))
+    outputs = [helper.make_tensor_value_info(o, graph.elem_type(o) or onnx.TensorProto.FLOAT, None)
+               for o in node.output if o]
+    g = helper.make_graph([node], "fallback", inputs, outputs)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid(d, v) for d, v in graph.opsets.items()])
+    model.ir_version = min(model.ir_version, 10)
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {k: v for k, v in feeds.items() if k in {i.name for i in inputs}})
+
+
+def monte_carlo(node, ctx) -> str:
+    """Set the node's float outputs from a sampled run; returns which engine ran it."""
+    graph = ctx.graph
+    rng = np.random.default_rng(0)
+    feeds, batch = {}, None
+    for name in node.input:
+        if not name or not ctx.is_signal(name):
+            continue
+        dims = _shape(ctx, name)
+        per_sample = int(np.prod(dims[1:])) if len(dims) > 1 else 1
+        if dims[0] is None:
+            batch = batch or int(np.clip(MIN_ELEMENTS // max(per_sample, 1), 2, MAX_BATCH))
+    for name in node.input:
+        if not name:
+            continue
+        if ctx.is_signal(name):
+            dims = _shape(ctx, name)
+            dims = [batch if d is None else d for d in dims]
+            elem = graph.elem_type(name) or onnx.TensorProto.FLOAT
+            dtype = helper.tensor_dtype_to_np_dtype(elem)
+            feeds[name] = _draw(ctx.signal(name), dims, rng).astype(dtype)
+        else:
+            value = ctx.value(name)
+            if value is None:
+                raise Unsupported(f"input {name!r} is neither signal nor a known constant")
+            feeds[name] = value
+    engine = "onnxruntime"
+    try:
+        values = _run_ort(node, feeds, graph)
+    except Exception:  # noqa: BLE001 - ORT cannot run it alone: try the reference
+        values = None
+    if values is None:
+        engine = "onnx.reference"
+        try:
+            values = run_node(node, [feeds.get(n) if n else None for n in node.input], graph.opsets)
+        except Exception as exc:  # noqa: BLE001
+            raise Unsupported(f"nothing could execute it ({exc.__class__.__name__})") from exc
+    for name, value in zip([o for o in node.output if o], values):
+        if name not in graph.signal_tensors:
+            continue
+        value = np.asarray(value, np.float64)
+        if value.size == 0 or not np.issubdtype(value.dtype, np.floating):
+            continue
+        positions = ctx.has_positions(name)
+        rank = value.ndim
+        if rank >= 2 and 1 < value.shape[1] <= MAX_CHANNELS:
+            axes = [None, Sites.full(value.shape[1])] + [None] * (rank - 2)
+            moved = np.moveaxis(value, 1, 0).reshape(value.shape[1], -1)
+            mean, var = moved.mean(axis=1), moved.var(axis=1)
+            shape = [1, value.shape[1]] + [1] * (rank - 2)
+            if positions:
+                per_sample = np.moveaxis(value, 1, -1).reshape(value.shape[0], -1, value.shape[1]).mean(axis=1)
+                shared = np.clip(per_sample.var(axis=0), 0.0, var)
+            else:
+                shared = var
+            ctx.set(name, gaussian(name, mean.reshape(shape), shared.reshape(shape), (var - shared).reshape(shape),
+                                   axes, positions))
+        else:
+            mean, var = float(value.mean()), float(value.var())
+            ctx.set(name, gaussian(name, mean, var if not positions else 0.0, 0.0 if not positions else var,
+                                   [None] * max(rank, 1), positions))
+    return engine

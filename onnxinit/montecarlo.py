@@ -19,6 +19,7 @@ from .signal import Sites, gaussian
 MIN_ELEMENTS = 1 << 14   # samples drawn per signal input, at least
 MAX_BATCH = 4096
 MAX_CHANNELS = 1 << 14
+MAX_ELEMENTS = 1 << 22   # inputs larger than this per sample are not sampled
 
 
 def _shape(ctx, name):
@@ -69,12 +70,21 @@ def monte_carlo(node, ctx) -> str:
     """Set the node's float outputs from a sampled run; returns which engine ran it."""
     graph = ctx.graph
     rng = np.random.default_rng(0)
+    for attr in node.attribute:
+        if any(abs(int(v)) > MAX_ELEMENTS for v in list(attr.ints) + ([attr.i] if attr.type == attr.INT else [])):
+            raise Unsupported(f"attribute {attr.name} is too large to run the op on samples")
+    for name in node.output:
+        dims = graph.static_dims(name) if name else None
+        if dims and float(np.prod([d or 1 for d in dims], dtype=np.float64)) > 4 * MAX_ELEMENTS:
+            raise Unsupported(f"output {name!r} would be too large to sample")
     feeds, batch = {}, None
     for name in node.input:
         if not name or not ctx.is_signal(name):
             continue
         dims = _shape(ctx, name)
-        per_sample = int(np.prod(dims[1:])) if len(dims) > 1 else 1
+        per_sample = int(np.prod(dims[1:], dtype=np.float64)) if len(dims) > 1 else 1
+        if per_sample > MAX_ELEMENTS:
+            raise Unsupported(f"input {name!r} is too large to sample ({per_sample:.3g} elements a sample)")
         if dims[0] is None:
             batch = batch or int(np.clip(MIN_ELEMENTS // max(per_sample, 1), 2, MAX_BATCH))
     for name in node.input:
@@ -83,6 +93,8 @@ def monte_carlo(node, ctx) -> str:
         if ctx.is_signal(name):
             dims = _shape(ctx, name)
             dims = [batch if d is None else d for d in dims]
+            if float(np.prod(dims, dtype=np.float64)) > 4 * MAX_ELEMENTS:
+                raise Unsupported(f"input {name!r} of shape {dims} is too large to sample")
             elem = graph.elem_type(name) or onnx.TensorProto.FLOAT
             dtype = helper.tensor_dtype_to_np_dtype(elem)
             feeds[name] = _draw(ctx.signal(name), dims, rng).astype(dtype)

@@ -124,6 +124,24 @@ SHAPE_DATA_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Div", "M
 SECOND_PROBE = 10007
 
 
+def _too_large(node, values, limit: int) -> bool:
+    """Would an op that makes arrays from shape values (Range, ConstantOfShape, Expand, Tile) exceed limit?"""
+    try:
+        if node.op_type == "ConstantOfShape" and values and values[0] is not None:
+            return float(np.prod(np.asarray(values[0], np.float64))) > limit
+        if node.op_type == "Range" and len(values) == 3 and all(v is not None for v in values):
+            start, stop, step = (float(np.asarray(v).reshape(-1)[0]) for v in values)
+            return step == 0 or abs((stop - start) / step) > limit
+        if node.op_type == "Expand" and len(values) == 2 and all(v is not None for v in values):
+            shape = np.broadcast_shapes(np.shape(values[0]), tuple(int(d) for d in np.asarray(values[1]).reshape(-1)))
+            return float(np.prod(shape, dtype=np.float64)) > limit
+        if node.op_type == "Tile" and len(values) == 2 and all(v is not None for v in values):
+            return float(np.size(values[0])) * float(np.prod(np.asarray(values[1], np.float64))) > limit
+    except (ValueError, TypeError, OverflowError):
+        return True
+    return False
+
+
 def _shape_data(node, ctx) -> None:
     """Shape arithmetic evaluated twice, with unknown batch dims set to two probe sizes.
 
@@ -158,6 +176,8 @@ def _shape_data(node, ctx) -> None:
             runs[k].append(None if pair is None else pair[k])
     if not any(n in graph.shape_values for n in node.input if n):
         return
+    if any(_too_large(node, runs[k], 4096) for k in (0, 1)):
+        return
     try:
         outputs = [run_node(node, runs[k], graph.opsets) for k in (0, 1)]
     except Exception:  # noqa: BLE001 - not shape arithmetic after all
@@ -183,6 +203,8 @@ def _fold_constants(node, graph: Graph) -> None:
         return
     if node.domain not in ("", "ai.onnx") or node.op_type in ("RandomNormal", "RandomUniform",
                                                               "RandomNormalLike", "RandomUniformLike"):
+        return
+    if _too_large(node, values, FOLD_LIMIT):
         return
     try:
         outputs = run_node(node, values, graph.opsets)

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kinds.common import Unsupported
 from .signal import EDGE, Sites, edge_sites
+
+MAX_EDGE = 32   # a window reaching further into the padding than this is refused
 
 
 def _decode(v):
@@ -93,6 +96,9 @@ def window(attrs, kernel, in_sites, lengths, ceil_mode: bool = False, max_sites:
     dilations = list(attrs.get("dilations", [1] * n)) or [1] * n
     begins, ends = pads_for(attrs, lengths, kernel, strides, dilations)
     out_sites, index, valid, out_lengths = [], [], [], []
+    if len(strides) != n or len(dilations) != n or len(begins) != n or len(ends) != n \
+            or min(list(kernel) + strides + dilations) < 1 or min(begins + ends) < 0:
+        raise Unsupported("kernel, strides, dilations or pads do not fit the input")
     for a in range(n):
         k, s, d, pb, pe, size = kernel[a], strides[a], dilations[a], begins[a], ends[a], lengths[a]
         sites = in_sites[a]
@@ -109,8 +115,11 @@ def window(attrs, kernel, in_sites, lengths, ceil_mode: bool = False, max_sites:
             out_len -= 1
         out_len = max(out_len, 1)
         first_full = -(-pb // s)
-        last = np.arange(out_len) * s + (k - 1) * d - pb
-        n_end = int(np.sum(last >= size))
+        # outputs o with o*s + (k-1)*d - pb >= size read past the end
+        first_over = max(0, -(-(size + pb - (k - 1) * d) // s))
+        n_end = max(0, out_len - first_over)
+        if max(first_full, n_end) > MAX_EDGE:
+            raise Unsupported(f"padding of {max(pb, pe)} reaches too far into a {size}-long axis")
         if sites is None and first_full == 0 and n_end == 0:
             out_sites.append(None)
             index.append(np.zeros((k, 1), np.int64))

@@ -165,6 +165,8 @@ def _conv_inputs(node, layout, x, ctx, attrs):
     stats = [_per_channel(a[0], 0, channels) for a in (mean, shared, within)]
     dims = ctx.graph.static_dims(x) or [None] * rank
     kernel = list(attrs.get("kernel_shape", layout.shape[2:]))
+    if kernel != list(layout.shape[2:]):
+        raise Unsupported(f"kernel_shape {kernel} does not match the weight's {list(layout.shape[2:])}")
     lengths = [s.length if s is not None else d for s, d in zip(sig.axes[2:], dims[2:])]
     win = window(attrs, kernel, list(sig.axes[2:]), lengths, max_sites=SITE_BUDGET // max(layout.shape[0], 1))
     taps = int(np.prod(kernel))

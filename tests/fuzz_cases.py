@@ -1,0 +1,141 @@
+"""Seeded mutations of the samples, and a driver that runs every subcommand on them.
+
+    python tests/fuzz_cases.py --seed 0 --cases 500
+
+Each case (byte flips, truncation, dropped nodes, renamed inputs, random
+attribute values, random or absurd input dims, other opsets, wrong dtypes) is
+written to a fresh folder and run through one subcommand in-process. A case
+is bad when it raises anything but a clean exit, exits other than 0/1/2,
+takes longer than the per-case limit, or leaves a file behind on failure.
+Prints the counts; exits 1 when any case is bad.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import onnx
+
+
+def _mutate_proto(model: onnx.ModelProto, rng: random.Random) -> bytes:
+    kind = rng.choice(["drop_node", "rename_input", "attribute", "input_shape", "absurd_dim", "opset", "dtype"])
+    graph = model.graph
+    if kind == "drop_node" and graph.node:
+        del graph.node[rng.randrange(len(graph.node))]
+    elif kind == "rename_input" and graph.node:
+        node = graph.node[rng.randrange(len(graph.node))]
+        if node.input:
+            node.input[rng.randrange(len(node.input))] = rng.choice(["", "nowhere", graph.node[0].output[0]])
+    elif kind == "attribute":
+        nodes = [n for n in graph.node if n.attribute]
+        if nodes:
+            attr = rng.choice(rng.choice(nodes).attribute)
+            if attr.type == onnx.AttributeProto.INT:
+                attr.i = rng.choice([-5, 0, 1, 3, 10**9])
+            elif attr.type == onnx.AttributeProto.FLOAT:
+                attr.f = rng.choice([-1.0, 0.0, 1e30, float("nan")])
+            elif attr.type == onnx.AttributeProto.INTS and attr.ints:
+                attr.ints[rng.randrange(len(attr.ints))] = rng.choice([-3, 0, 7, 10**6])
+    elif kind in ("input_shape", "absurd_dim"):
+        dims = graph.input[0].type.tensor_type.shape.dim
+        if dims:
+            d = dims[rng.randrange(len(dims))]
+            d.Clear()
+            d.dim_value = rng.choice([1, 3, 5]) if kind == "input_shape" else rng.choice([10**9, 2**40])
+    elif kind == "opset":
+        model.opset_import[0].version = rng.choice([1, 7, 99])
+    elif kind == "dtype":
+        tensors = [t for t in graph.initializer]
+        if tensors:
+            t = rng.choice(tensors)
+            t.data_type = rng.choice([onnx.TensorProto.INT8, onnx.TensorProto.FLOAT16, onnx.TensorProto.STRING])
+    return model.SerializeToString()
+
+
+def make_case(sample_bytes: bytes, rng: random.Random) -> bytes:
+    how = rng.choice(["flip", "truncate", "proto", "proto", "proto"])
+    data = bytearray(sample_bytes)
+    if how == "flip":
+        for _ in range(rng.randint(1, 20)):
+            i = rng.randrange(len(data))
+            data[i] = rng.randrange(256)
+        return bytes(data)
+    if how == "truncate":
+        return bytes(data[:rng.randrange(len(data))])
+    model = onnx.ModelProto.FromString(sample_bytes)
+    return _mutate_proto(model, rng)
+
+
+SAMPLES = ["mlp_relu_deep", "cnn_plain", "resnet20_nobn", "cnn_swish", "bert_tiny", "mlp_selu_dropout"]
+
+
+class CaseTimeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise CaseTimeout()
+
+
+def main(argv=None) -> int:
+    from click.testing import CliRunner
+
+    from onnxinit.cli import cli
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cases", type=int, default=500)
+    parser.add_argument("--limit", type=int, default=30, help="seconds per case")
+    args = parser.parse_args(argv)
+    root = Path(__file__).resolve().parent.parent / "samples"
+    sources = {name: (root / f"{name}.onnx").read_bytes() for name in SAMPLES}
+    rng = random.Random(args.seed)
+    runner = CliRunner()
+    signal.signal(signal.SIGALRM, _alarm)
+    counts = {0: 0, 1: 0, 2: 0}
+    bad = []
+    start = time.time()
+    for i in range(args.cases):
+        name = rng.choice(SAMPLES)
+        data = make_case(sources[name], rng)
+        with tempfile.TemporaryDirectory() as tmp:
+            case, out = Path(tmp) / "case.onnx", Path(tmp) / "out.onnx"
+            case.write_bytes(data)
+            command = rng.choice([["autoinit", str(case), "-o", str(out), "--quiet"], ["check", str(case)],
+                                  ["inspect", str(case)], ["inspect", str(case), "--measure", "--batch", "2"]])
+            signal.alarm(args.limit)
+            try:
+                result = runner.invoke(cli, command, catch_exceptions=True)
+                problem = None
+                if result.exception is not None and not isinstance(result.exception, SystemExit):
+                    problem = f"raised {result.exception!r}"
+                elif result.exit_code not in (0, 1, 2):
+                    problem = f"exit {result.exit_code}"
+                elif "Traceback" in result.output:
+                    problem = "traceback in the output"
+            except CaseTimeout:
+                problem, result = f"took over {args.limit} s", None
+            finally:
+                signal.alarm(0)
+            left = sorted(p.name for p in Path(tmp).iterdir()
+                          if p.name != "case.onnx" and not (p == out and result is not None and result.exit_code == 0))
+            if left:
+                problem = f"left {left}"
+            if problem:
+                bad.append(f"case {i} ({name}, {command[0]}): {problem}")
+            elif result is not None:
+                counts[result.exit_code] += 1
+    print(f"fuzz: {args.cases} cases in {time.time() - start:.0f} s; exit 0: {counts[0]}, exit 1: {counts[1]}, "
+          f"exit 2: {counts[2]}; tracebacks, hangs or partial files: {len(bad)}")
+    for line in bad:
+        print("  " + line)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -29,6 +29,27 @@ def write_payload(tensor: onnx.TensorProto, value: np.ndarray) -> None:
     tensor.raw_data = value.tobytes()
 
 
+def record_provenance(model: onnx.ModelProto, entries: dict) -> None:
+    """metadata_props onnxinit.version and onnxinit.<key> (others untouched), so a pipeline can
+    tell how a model was initialized."""
+    from . import __version__
+    entries = {"version": __version__, **entries}
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in entries.items():
+        full = f"onnxinit.{key}"
+        if full in existing:
+            existing[full].value = str(value)
+        else:
+            model.metadata_props.add(key=full, value=str(value))
+
+
+def single_threaded_blas():
+    """BLAS on one thread while weights are computed: sums then come out bit for bit the same
+    whatever OPENBLAS_NUM_THREADS / OMP_NUM_THREADS say, so the output file does too."""
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def planned_weights(graph: Graph, table: RuleTable) -> list:
     """(weight name, element count) of the weighted layers, in the order propagation visits them."""
     planned = []
@@ -77,11 +98,14 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
     table = RuleTable(rules)
     scheme = AutoInit(graph, seed=seed, distribution=distribution, planned=planned_weights(graph, table))
     try:
-        result = propagate(graph, table, Moments(input_mean, input_var), scheme, progress, residual)
+        with single_threaded_blas():
+            result = propagate(graph, table, Moments(input_mean, input_var), scheme, progress, residual)
     finally:
         scheme.close()
     for name, value in scheme.new_values.items():
         write_payload(graph.weight_tensor(name), value)
+    record_provenance(model, {"command": "autoinit", "seed": str(seed), "distribution": distribution,
+                              "residual": residual})
     report = Report(
         command="autoinit", model=source, output=None, seed=seed,
         options={"distribution": distribution, "input_mean": input_mean, "input_var": input_var,

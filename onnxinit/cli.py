@@ -51,7 +51,7 @@ def autoinit(model, output, seed, distribution, rules, input_mean, input_var, re
             click.echo(report.summary())
     except OnnxInitError as exc:
         _fail(exc, debug)
-    except Exception as exc:  # noqa: BLE001 - unexpected errors still get one line and exit 2
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - one line and exit 2 (130 on Ctrl-C)
         _fail(exc, debug)
 
 
@@ -103,7 +103,7 @@ def inspect(model, measure_signal, batch, data, min_var, max_var, rules, input_m
             click.echo(f"plot written to {plot_path}")
         if json_path:
             save_text(json_path, result.report.to_json())
-    except Exception as exc:  # noqa: BLE001 - one line and exit 2
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - one line and exit 2 (130 on Ctrl-C)
         _fail(exc, debug)
 
 
@@ -123,7 +123,7 @@ def check(model, measure_signal, batch, data, min_var, max_var, rules, input_mea
         result.report.extra["check"] = {"passed": not offending, "offending": [r.node for r in offending]}
         if json_path:
             save_text(json_path, result.report.to_json())
-    except Exception as exc:  # noqa: BLE001 - one line and exit 2
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - one line and exit 2 (130 on Ctrl-C)
         _fail(exc, debug)
     s = result.summary_dict()
     kind = "measured" if measure_signal else "predicted"
@@ -173,7 +173,14 @@ def save_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _interrupted():
+    click.echo("interrupted; no output written", err=True)
+    sys.exit(130)
+
+
 def _fail(exc, debug):
+    if isinstance(exc, KeyboardInterrupt):
+        _interrupted()
     if debug:
         traceback.print_exc()
     click.echo(f"error: {exc}", err=True)
@@ -181,7 +188,10 @@ def _fail(exc, debug):
 
 
 def main():
-    cli()
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        _interrupted()
 
 
 if __name__ == "__main__":

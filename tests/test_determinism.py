@@ -1,0 +1,47 @@
+"""Same seed and input: byte-identical output across processes and BLAS thread counts; provenance recorded;
+Ctrl-C leaves nothing behind and exits 130 (issue 8)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import onnx
+
+from conftest import SAMPLES
+
+RESNET = next(p for p in SAMPLES if p.stem == "resnet20_nobn")
+
+
+def run(out, threads, seed=5):
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    r = subprocess.run([sys.executable, "-m", "onnxinit.cli", "autoinit", str(RESNET), "-o", str(out), "-q",
+                        "--seed", str(seed)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out.read_bytes()
+
+
+def test_bytes_identical_across_processes_and_thread_counts(tmp_path):
+    a = run(tmp_path / "a.onnx", 1)
+    b = run(tmp_path / "b.onnx", 2)
+    c = run(tmp_path / "c.onnx", 2, seed=6)
+    assert a == b and a != c
+    meta = {p.key: p.value for p in onnx.load_from_string(a).metadata_props}
+    assert meta["onnxinit.seed"] == "5" and meta["onnxinit.command"] == "autoinit" and "onnxinit.version" in meta
+
+
+def test_ctrl_c_exits_130_and_leaves_no_file(tmp_path):
+    out = tmp_path / "out.onnx"
+    script = ("import time, onnxinit.api as api\n"
+              "real = api.propagate\n"
+              "def slow(*a, **k):\n    time.sleep(30)\n    return real(*a, **k)\n"
+              "api.propagate = slow\n"
+              "from onnxinit.cli import main\nmain()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, "autoinit", str(RESNET), "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert list(tmp_path.iterdir()) == []

@@ -85,58 +85,6 @@ class Layout:
         return np.ascontiguousarray(m).reshape(self.shape)
 
 
-def _conv_pads(node_attrs, in_sizes, kernel, strides, dilations):
-    """Begin pads per spatial dim, from `pads` or `auto_pad`."""
-    n = len(kernel)
-    auto = node_attrs.get("auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        begins = []
-        for size, k, s, d in zip(in_sizes, kernel, strides, dilations):
-            out = -(-size // s)
-            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
-            begins.append(total // 2 if auto == "SAME_UPPER" else total - total // 2)
-        return begins, [None] * n
-    if auto == "VALID":
-        return [0] * n, [0] * n
-    pads = list(node_attrs.get("pads", [0] * (2 * n)))
-    return pads[:n], pads[n:]
-
-
-def conv_tap_masks(attrs, in_sizes, kernel):
-    """Which kernel taps land inside the input, and for what share of output positions.
-
-    Along one dim, output o and tap t read input o*s - pad + t*d, valid when it lies
-    in [0, size). Positions with the same valid-tap pattern are grouped (interior
-    plus a few border patterns); patterns of the dims combine by outer product.
-    Returns [(mask over the flattened taps, share of positions)], shares summing to 1.
-    Unknown sizes count as fully inside.
-    """
-    n = len(kernel)
-    strides = list(attrs.get("strides", [1] * n))
-    dilations = list(attrs.get("dilations", [1] * n))
-    begins, ends = _conv_pads(attrs, [s or 0 for s in in_sizes], kernel, strides, dilations)
-    per_dim = []
-    for size, k, s, d, pb, pe in zip(in_sizes, kernel, strides, dilations, begins, ends):
-        pe = pe if pe is not None else 0
-        out = (size + pb + pe - (k - 1) * d - 1) // s + 1 if size else 0
-        if out <= 0:
-            per_dim.append([(np.ones(k, bool), 1.0)])
-            continue
-        pos = np.arange(out)[:, None] * s - pb + np.arange(k)[None, :] * d
-        patterns, counts = np.unique((pos >= 0) & (pos < size), axis=0, return_counts=True)
-        per_dim.append([(p, c / out) for p, c in zip(patterns, counts)])
-    masks = [(np.ones(1, bool), 1.0)]
-    for options in per_dim:
-        masks = [(np.logical_and.outer(m, p).reshape(-1), f * g) for m, f in masks for p, g in options]
-    return masks
-
-
-def tap_fraction(masks) -> float:
-    """Average fraction of taps inside the input over output positions."""
-    return float(sum(share * mask.mean() for mask, share in masks))
-
-
 def conv_transpose_tap_fraction(attrs, in_sizes, kernel, out_sizes) -> float:
     """Average number of (input, tap) pairs reaching an output position, over the kernel size.
 

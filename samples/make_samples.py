@@ -126,6 +126,72 @@ class TinyBert(nn.Module):
         return self.head(x[:, 0])
 
 
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt-style: depthwise 7x7, LayerNorm over channels, 4x MLP with GELU, layer scale, residual."""
+
+    def __init__(self, dim=32):
+        super().__init__()
+        self.dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), 1e-6))
+
+    def forward(self, x):
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.fc2(nn.functional.gelu(self.fc1(self.norm(y)))) * self.gamma
+        return x + y.permute(0, 3, 1, 2)
+
+
+class ConvNeXtTiny(nn.Module):
+    def __init__(self, dim=32, blocks=3, n_out=10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 4, stride=4)
+        self.blocks = nn.Sequential(*[ConvNeXtBlock(dim) for _ in range(blocks)])
+        self.head = nn.Linear(dim, n_out)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+class MBConv(nn.Module):
+    """MobileNet/EfficientNet-style: expand 1x1, depthwise 3x3, squeeze-excite (Sigmoid gate), project."""
+
+    def __init__(self, dim=24, expand=4, act=nn.SiLU):
+        super().__init__()
+        hidden = dim * expand
+        self.expand = nn.Sequential(nn.Conv2d(dim, hidden, 1), act())
+        self.dw = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden), act())
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(hidden, hidden // 4, 1), nn.SiLU(),
+                                nn.Conv2d(hidden // 4, hidden, 1), nn.Sigmoid())
+        self.project = nn.Conv2d(hidden, dim, 1)
+
+    def forward(self, x):
+        h = self.dw(self.expand(x))
+        return x + self.project(h * self.se(h))
+
+
+def mbconv_net():
+    return nn.Sequential(nn.Conv2d(3, 24, 3, stride=2, padding=1), nn.Hardswish(), MBConv(act=nn.SiLU),
+                         MBConv(act=nn.Hardswish), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10)), (3, 32, 32)
+
+
+class DenseBlock(nn.Module):
+    def __init__(self, dim=16, growth=8, layers=4):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Sequential(nn.ReLU(), nn.Conv2d(dim + i * growth, growth, 3, padding=1))
+                                    for i in range(layers))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.cat([x, layer(x)], 1)
+        return x
+
+
+def densenet_block():
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), DenseBlock(), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(48, 10)), (3, 32, 32)
+
+
 SAMPLES = {
     # name: (builder, export in training mode?)
     "mlp_relu_deep": (deep_relu_mlp, False),
@@ -135,6 +201,9 @@ SAMPLES = {
     "resnet20_nobn": (lambda: (CifarResNet(norm=False), (3, 32, 32)), False),
     "resnet20_bn_train": (lambda: (CifarResNet(norm=True), (3, 32, 32)), True),
     "bert_tiny": (lambda: (TinyBert(), (16,), 1000), False),
+    "convnext_tiny": (lambda: (ConvNeXtTiny(), (3, 32, 32)), False),
+    "mbconv_se": (mbconv_net, False),
+    "densenet_block": (densenet_block, False),
 }
 
 

@@ -155,6 +155,11 @@ def test_pooling():
     check(one_op("AveragePool", shape, kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1), shape)
     check(one_op("GlobalAveragePool", shape), shape)
     check(one_op("GlobalMaxPool", shape), shape)
+    check(one_op("ReduceMean", shape, axes=[2, 3], keepdims=0), shape)
+    model = one_op("ReduceSum", shape, extra_inputs=["axes"], keepdims=1)
+    model.graph.initializer.append(numpy_helper.from_array(np.array([-1, -2], np.int64), "axes"))
+    check(model, shape)
+    check(one_op("ReduceMax", shape, axes=[2, 3], keepdims=1), shape)
 
 
 def test_structural_ops():

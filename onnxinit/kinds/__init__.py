@@ -5,7 +5,7 @@ with ``ctx.set``. The rule table (rules/ops.toml) maps op types to kinds.
 """
 from .elementwise import elementwise
 from .normalize import batchnorm, fixed
-from .pooling import pool
+from .pooling import pool, reduce_positions
 from .structural import concat, dropout, identity, pad, reshape, split
 from .transformer import gather, layernorm
 from .weighted import weighted
@@ -24,4 +24,5 @@ KINDS = {
     "gather": gather,
     "layernorm": layernorm,
     "split": split,
+    "reduce": reduce_positions,
 }

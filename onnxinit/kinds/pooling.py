@@ -159,3 +159,36 @@ def pool(node, rule, ctx):
     s = (window_sum(np.sqrt(shared)) / n) ** 2
     shape = (1, channels) + out_shape
     ctx.set(out, gaussian(out, m.reshape(shape), s.reshape(shape), e.reshape(shape), axes, positions))
+
+
+def reduce_positions(node, rule, ctx):
+    """ReduceMean / ReduceSum / ReduceMax over all position axes (2, 3, ...): global pooling by another name.
+
+    ``keepdims=0`` drops the reduced axes. Any other set of axes is left to the
+    Monte Carlo fallback.
+    """
+    from .common import Unsupported
+    x, out = node.input[0], node.output[0]
+    sig = ctx.signal(x)
+    attrs = attributes(node)
+    axes = attrs.get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = ctx.value(node.input[1])
+        axes = None if value is None else [int(a) for a in np.asarray(value).reshape(-1)]
+    if axes is None or sig.rank < 3 or sorted(a % sig.rank for a in axes) != list(range(2, sig.rank)):
+        raise Unsupported("reduction over other axes than all positions")
+    _global(node, {"reduce": rule.get("reduce")}, ctx, sig, out)
+    pooled = ctx.signal(out)
+    if rule.get("sum"):
+        dims = ctx.graph.static_dims(x)
+        n = float(np.prod([d for d in dims[2:]])) if dims and all(dims[2:]) else None
+        if n is None:
+            raise Unsupported("unknown number of positions to sum")
+        from ..signal import Signal
+        pooled = Signal(pooled.roots, pooled.values * n, pooled.axes)
+    if not attrs.get("keepdims", 1):
+        from ..signal import Signal
+        r = len(pooled.roots)
+        values = pooled.values.reshape(pooled.values.shape[:r + 2])
+        pooled = Signal(pooled.roots, values, pooled.axes[:2])
+    ctx.set(out, pooled)

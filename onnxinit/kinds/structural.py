@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..signal import (MAX_ROOTS, Root, Signal, Sites, collapse, constant_signal, edge_sites, gaussian, merge_axis,
+from ..signal import (GRID_BUDGET, MAX_ROOTS, Root, grid_size, Signal, Sites, collapse, constant_signal, edge_sites, gaussian, merge_axis,
                       on_roots, union_roots, with_axes)
 from .common import Unsupported, attributes
 
@@ -165,6 +165,20 @@ def concat(node, rule, ctx):
         spelled.append(Signal(sig.roots, values, sig.axes[:axis] + (want,) + sig.axes[axis + 1:]))
     roots = union_roots(spelled)
     axes = [merge_axis([s.axes[a] for s in spelled]) for a in range(rank)]
+    total = sum(s.axes[axis].size for s in spelled)
+    sites = grid_size((), axes) // max(1 if axes[axis] is None else axes[axis].size, 1) * total
+    if len(roots) > MAX_ROOTS or grid_size(roots, ()) * sites > GRID_BUDGET:
+        # too big a grid: one fresh Gaussian over all parts, with each part's per-site statistics
+        stats = []
+        for s in spelled:
+            own = list(axes)
+            own[axis] = s.axes[axis]
+            shape = [1 if a is None else a.size for a in own]
+            stats.append([np.broadcast_to(v, shape) for v in with_axes(s, own).stats()])
+        mean, var, shared = (np.concatenate([st[k] for st in stats], axis=axis) for k in range(3))
+        axes[axis] = Sites.full(mean.shape[axis])
+        ctx.set(out, gaussian(out, mean, shared, var - shared, axes, ctx.has_positions(out)))
+        return
     arrays = []
     for s in spelled:
         own = list(axes)

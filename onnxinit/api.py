@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from .errors import OnnxInitError
 from .graph import Graph
@@ -17,16 +16,7 @@ from .report import Report
 from .rules import RuleTable
 from .schemes.autoinit import AutoInit
 
-__all__ = ["autoinit", "load_model", "save_model", "write_payload"]
-
-
-def write_payload(tensor: onnx.TensorProto, value: np.ndarray) -> None:
-    """Replace a tensor's values in place; name, dims, type and doc string stay."""
-    target = helper.tensor_dtype_to_np_dtype(tensor.data_type)
-    value = np.ascontiguousarray(np.asarray(value).astype(target, copy=False)).reshape(tuple(tensor.dims))
-    for f in ("float_data", "double_data", "int32_data", "int64_data", "raw_data"):
-        tensor.ClearField(f)
-    tensor.raw_data = value.tobytes()
+__all__ = ["autoinit", "load_model", "save_model"]
 
 
 def record_provenance(model: onnx.ModelProto, entries: dict) -> None:
@@ -102,8 +92,6 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
             result = propagate(graph, table, Moments(input_mean, input_var), scheme, progress, residual)
     finally:
         scheme.close()
-    for name, value in scheme.new_values.items():
-        write_payload(graph.weight_tensor(name), value)
     record_provenance(model, {"command": "autoinit", "seed": str(seed), "distribution": distribution,
                               "residual": residual})
     report = Report(

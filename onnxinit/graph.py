@@ -14,6 +14,7 @@ FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto
                onnx.TensorProto.BFLOAT16}
 # Ops whose outputs describe a tensor's shape, never its values.
 SHAPE_OPS = {"Shape", "Size"}
+CACHE_LIMIT = 1 << 20  # weights above this many bytes are not kept as arrays beside their TensorProto
 LIGHT_LIMIT = 1024  # initializers above this many elements are stubbed out for shape inference
 
 
@@ -195,8 +196,23 @@ class Graph:
                 return None
         else:
             value = numpy_helper.to_array(tensor)
+            if value.nbytes > CACHE_LIMIT:
+                return value   # large weights are read again when needed: one copy of the model, not two
         self._values[name] = value
         return value
+
+    def replace_payload(self, name: str, value: np.ndarray) -> None:
+        """Write a weight's new values into its TensorProto now (name, dims, type, doc string stay);
+        the old bytes are released, so the model is held once."""
+        tensor = self.weight_tensor(name)
+        target = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        value = np.ascontiguousarray(np.asarray(value).astype(target, copy=False)).reshape(tuple(tensor.dims))
+        for f in ("float_data", "double_data", "int32_data", "int64_data", "raw_data"):
+            tensor.ClearField(f)
+        tensor.raw_data = value.tobytes()
+        self._values.pop(name, None)
+        if value.nbytes <= CACHE_LIMIT:
+            self._values[name] = value
 
     def set_value(self, name: str, value: np.ndarray) -> None:
         """Record a folded constant or a rewritten weight's new value."""

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-BUDGET = 256 << 20
+BUDGET = 64 << 20
 
 
 class Prefetcher:

@@ -28,6 +28,8 @@ class MomentsView(Mapping):
 
     def __getitem__(self, name: str) -> Moments:
         if name not in self._cache:
+            if self._signals.get(name) is None:
+                raise KeyError(name)
             self._cache[name] = self._signals[name].moments()
         return self._cache[name]
 
@@ -101,6 +103,12 @@ class Propagation:
     def set(self, name: str, signal: Signal) -> None:
         self.signals[name] = signal
         self.moments.forget(name)
+
+    def release(self, name: str) -> None:
+        """Every consumer has been visited: keep the tensor's moments, drop its grid values."""
+        if name in self.signals and self.signals[name] is not None:
+            self.moments[name]   # noqa: B018 - computed and cached before the values go
+            self.signals[name] = None
 
     def set_moments(self, name: str, m: Moments) -> None:
         """A signal with pooled statistics only (no sites)."""
@@ -238,6 +246,42 @@ def _passthrough(node, ctx: Propagation) -> None:
             ctx.set_moments(out, source if ctx.has_positions(out) else source.without_positions())
 
 
+def _visit(node, ctx: Propagation, rules, residual: str) -> None:
+    """One node: its rule's kind, the Monte Carlo fallback, or constant and shape folding."""
+    graph = ctx.graph
+    if not signal_inputs(node, ctx):
+        rule = rules.lookup(node)
+        if rule is not None and rule.get("source") and any(o in graph.signal_tensors for o in node.output if o):
+            try:
+                KINDS[rule.kind](node, rule, ctx)
+                ctx.kinds_used[rule.kind] = ctx.kinds_used.get(rule.kind, 0) + 1
+                return
+            except Unsupported as exc:
+                ctx.warn(f"{node.op_type} ({node.name or node.output[0]}): {exc}")
+        if node.op_type != "Constant":
+            _fold_constants(node, graph)
+            if not all(graph.is_constant(o) for o in node.output if o):
+                _shape_data(node, ctx)
+        return
+    if not any(o in graph.signal_tensors for o in node.output if o):
+        _shape_data(node, ctx)
+        return
+    if node.op_type in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Split"):
+        fill_dims(node, ctx)
+    rule = rules.lookup(node)
+    if rule is None:
+        _fallback(node, ctx, "no rule for this op")
+        return
+    if residual == "weighted" and node.op_type in ("Add", "Sum") and node.domain in ("", "ai.onnx") \
+            and len(signal_inputs(node, ctx)) >= 2:
+        weight_residual_sum(node, ctx)
+    try:
+        KINDS[rule.kind](node, rule, ctx)
+        ctx.kinds_used[rule.kind] = ctx.kinds_used.get(rule.kind, 0) + 1
+    except Unsupported as exc:
+        _fallback(node, ctx, str(exc))
+
+
 def propagate(graph: Graph, rules, input_moments: Moments, scheme=None, progress=None,
               residual: str = "sum") -> Propagation:
     """Moments of every signal tensor; with a scheme, weights are drawn on the way.
@@ -253,38 +297,15 @@ def propagate(graph: Graph, rules, input_moments: Moments, scheme=None, progress
             m = Moments(input_moments.mean, input_moments.var, 0.0)
             ctx.set_moments(name, m if ctx.has_positions(name) else m.without_positions())
     total = len(graph.nodes)
+    remaining = {name: len(users) for name, users in graph.consumers.items()}
+    keep = set(graph.outputs)
     for done, node in enumerate(graph.nodes, 1):
         if progress is not None:
             progress(done, total)
-        if not signal_inputs(node, ctx):
-            rule = rules.lookup(node)
-            if rule is not None and rule.get("source") and any(o in graph.signal_tensors for o in node.output if o):
-                try:
-                    KINDS[rule.kind](node, rule, ctx)
-                    ctx.kinds_used[rule.kind] = ctx.kinds_used.get(rule.kind, 0) + 1
-                    continue
-                except Unsupported as exc:
-                    ctx.warn(f"{node.op_type} ({node.name or node.output[0]}): {exc}")
-            if node.op_type != "Constant":
-                _fold_constants(node, graph)
-                if not all(graph.is_constant(o) for o in node.output if o):
-                    _shape_data(node, ctx)
-            continue
-        if not any(o in graph.signal_tensors for o in node.output if o):
-            _shape_data(node, ctx)
-            continue
-        if node.op_type in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Split"):
-            fill_dims(node, ctx)
-        rule = rules.lookup(node)
-        if rule is None:
-            _fallback(node, ctx, "no rule for this op")
-            continue
-        if residual == "weighted" and node.op_type in ("Add", "Sum") and node.domain in ("", "ai.onnx") \
-                and len(signal_inputs(node, ctx)) >= 2:
-            weight_residual_sum(node, ctx)
-        try:
-            KINDS[rule.kind](node, rule, ctx)
-            ctx.kinds_used[rule.kind] = ctx.kinds_used.get(rule.kind, 0) + 1
-        except Unsupported as exc:
-            _fallback(node, ctx, str(exc))
+        _visit(node, ctx, rules, residual)
+        for name in node.input:
+            if name in remaining:
+                remaining[name] -= 1
+                if remaining[name] == 0 and name not in keep:
+                    ctx.release(name)
     return ctx

@@ -79,7 +79,7 @@ class AutoInit:
         self.graph = graph
         self.seed = seed
         self.distribution = distribution
-        self.new_values: dict[str, np.ndarray] = {}
+        self.new_values: set[str] = set()   # weights written so far
         flat = distribution != "orthogonal"
         self._prefetch = Prefetcher(list(planned) if flat else [],
                                     lambda name, size: unit_samples(seed, name, distribution, (size,)))
@@ -96,8 +96,8 @@ class AutoInit:
         return self._prefetch.take(layer.weight, out * fan * taps)
 
     def _store(self, name: str, value: np.ndarray) -> None:
-        self.new_values[name] = value
-        self.graph.set_value(name, value)
+        self.new_values.add(name)
+        self.graph.replace_payload(name, value)
 
     def draw_weighted(self, layer, ctx) -> None:
         if layer.weight in self.new_values:

@@ -94,30 +94,42 @@ def _temp_in(folder: Path, suffix: str):
 
 
 def _serialize_with_external_data(model: onnx.ModelProto, data_path: Path, location: str) -> bytes:
-    """Model bytes with large tensors moved to ``data_path``; ``model`` is left as it was."""
-    moved = []
-    try:
-        with open(data_path, "wb") as data:
-            for tensor in external_data_helper._get_all_tensors(model):
-                if not tensor.HasField("raw_data") or len(tensor.raw_data) < EXTERNAL_THRESHOLD:
-                    continue
-                offset = data.tell()
-                data.write(tensor.raw_data)
-                moved.append((tensor, tensor.raw_data))
-                tensor.ClearField("raw_data")
-                tensor.data_location = onnx.TensorProto.EXTERNAL
-                for key, value in (("location", location), ("offset", str(offset)),
-                                   ("length", str(len(moved[-1][1])))):
-                    entry = tensor.external_data.add()
-                    entry.key, entry.value = key, value
-                pad = (-data.tell()) % 64
-                data.write(b"\0" * pad)
-        return model.SerializeToString()
-    finally:
-        for tensor, raw in moved:
-            tensor.raw_data = raw
-            tensor.data_location = onnx.TensorProto.DEFAULT
-            del tensor.external_data[:]
+    """Model bytes with large initializers' payloads in ``data_path``; ``model`` is not touched.
+
+    Payloads are streamed to the file one tensor at a time, and the bytes are
+    those of a copy of the model made field by field, whose large initializers
+    carry only their external-data references: no second copy of the weights.
+    """
+    light = onnx.ModelProto()
+    for field_name in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(light, field_name, getattr(model, field_name))
+    light.opset_import.extend(model.opset_import)
+    light.metadata_props.extend(model.metadata_props)
+    light.functions.extend(model.functions)
+    if model.training_info:
+        light.training_info.extend(model.training_info)
+    graph, source = light.graph, model.graph
+    for field_name in ("name", "doc_string"):
+        setattr(graph, field_name, getattr(source, field_name))
+    for field_name in ("node", "input", "output", "value_info", "quantization_annotation", "sparse_initializer"):
+        getattr(graph, field_name).extend(getattr(source, field_name))
+    with open(data_path, "wb") as data:
+        for tensor in source.initializer:
+            size = len(tensor.raw_data) if tensor.HasField("raw_data") else 0
+            if size < EXTERNAL_THRESHOLD:
+                graph.initializer.append(tensor)
+                continue
+            offset = data.tell()
+            data.write(tensor.raw_data)
+            data.write(b"\0" * ((-data.tell()) % 64))
+            ref = graph.initializer.add()
+            ref.name, ref.data_type, ref.doc_string = tensor.name, tensor.data_type, tensor.doc_string
+            ref.dims.extend(tensor.dims)
+            ref.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", location), ("offset", str(offset)), ("length", str(size))):
+                entry = ref.external_data.add()
+                entry.key, entry.value = key, value
+    return light.SerializeToString()
 
 
 def save_model(model: onnx.ModelProto, output, external_data: bool | None = None) -> list[Path]:

@@ -68,12 +68,15 @@ def _as_model(model_or_path) -> tuple[onnx.ModelProto, str]:
 
 def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rules=(),
              input_mean: float = 0.0, input_var: float = 1.0, residual: str = "sum", progress=None,
+             mode: str = "analytic", batch: int = 64, data=None, device: str = "auto",
              return_report: bool = False):
     """AutoInit a model: every weighted layer's output gets mean 0 and variance 1.
 
     ``residual="weighted"`` also rescales every residual sum to variance 1
     (folded into weights, or a Mul inserted); ``progress(done, total)`` is
-    called after each node.
+    called after each node. ``mode="empirical"`` then rescales each weighted
+    layer so ONNX Runtime measures E[y^2] = 1 on ``batch`` Gaussian samples
+    (or the inputs in the ``data`` .npz), layer by layer (empirical.py).
 
     Returns the new ``onnx.ModelProto`` (the input is never modified), or
     ``(model, Report)`` with ``return_report=True``.
@@ -92,15 +95,24 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
             result = propagate(graph, table, Moments(input_mean, input_var), scheme, progress, residual)
     finally:
         scheme.close()
+    if mode not in ("analytic", "empirical"):
+        raise OnnxInitError(f"mode must be analytic or empirical, not {mode!r}")
+    calibration = []
+    if mode == "empirical":
+        from .empirical import calibrate
+        calibration = calibrate(model, result.layers, batch=batch, data=data, input_mean=input_mean,
+                                input_var=input_var, device=device, seed=seed)
     record_provenance(model, {"command": "autoinit", "seed": str(seed), "distribution": distribution,
-                              "residual": residual})
+                              "residual": residual, "mode": mode})
     report = Report(
         command="autoinit", model=source, output=None, seed=seed,
         options={"distribution": distribution, "input_mean": input_mean, "input_var": input_var,
-                 "residual": residual,
+                 "residual": residual, "mode": mode,
                  "rules": [str(r) for r in rules]},
         layers=result.layers, kinds_used=result.kinds_used, fallbacks=result.fallbacks,
         warnings=result.warnings, structural_changes=result.structural_changes,
         output_moments={o: result.moments[o] for o in graph.outputs if o in result.moments},
         seconds=time.perf_counter() - start)
+    if calibration:
+        report.extra["empirical"] = [{"node": n, "measured_second_moment": m, "factor": f} for n, m, f in calibration]
     return (model, report) if return_report else model

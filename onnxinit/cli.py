@@ -28,13 +28,17 @@ def cli():
 @click.option("--input-var", type=float, default=1.0, show_default=True)
 @click.option("--residual", type=click.Choice(["sum", "weighted"]), default="sum", show_default=True,
               help="weighted: rescale every residual Add to variance 1 (folded into weights or a Mul inserted).")
+@click.option("--mode", type=click.Choice(["analytic", "empirical"]), default="analytic", show_default=True,
+              help="empirical: then rescale each weighted layer to E[y^2] = 1 as ONNX Runtime measures it.")
+@click.option("--batch", type=click.IntRange(1), default=64, show_default=True, help="Samples for --mode empirical.")
+@click.option("--data", type=click.Path(path_type=Path), help=".npz of inputs for --mode empirical.")
 @click.option("--external-data", is_flag=True, help="Write tensor payloads to OUTPUT.data beside the model.")
 @click.option("--in-place", is_flag=True, help="Allow OUTPUT to be the input file.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def autoinit(model, output, seed, distribution, rules, input_mean, input_var, residual, external_data, in_place,
-             json_path, quiet, debug):
+def autoinit(model, output, seed, distribution, rules, input_mean, input_var, residual, mode, batch, data,
+             external_data, in_place, json_path, quiet, debug):
     """AutoInit MODEL: every weighted layer outputs mean 0, variance 1."""
     from .api import autoinit as run, save_model
     try:
@@ -42,7 +46,8 @@ def autoinit(model, output, seed, distribution, rules, input_mean, input_var, re
             raise OnnxInitError(f"{output}: output is the input file; pass --in-place to overwrite it")
         with ProgressBar(enabled=not quiet) as progress:
             new, report = run(model, seed=seed, distribution=distribution, rules=rules, input_mean=input_mean,
-                              input_var=input_var, residual=residual, progress=progress, return_report=True)
+                              input_var=input_var, residual=residual, progress=progress, mode=mode, batch=batch,
+                              data=data, return_report=True)
         save_model(new, output, external_data=True if external_data else None)
         report.output = str(output)
         if json_path:

@@ -1,0 +1,32 @@
+"""--mode empirical against the analytic mode: the two agree within 15% on every layer (issue 3)."""
+import numpy as np
+import pytest
+from onnx import numpy_helper
+
+import onnxinit
+from conftest import ALL_SAMPLES
+from onnxinit.measure import gaussian_feeds, measure
+
+# bert_tiny is left out: its second attention block is the known gap of the analytic mode (README)
+CASES = [p for p in ALL_SAMPLES if p.stem != "bert_tiny"]
+
+
+def _rms(model, names):
+    tensors = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    return {n: float(np.sqrt(np.mean(tensors[n] ** 2))) for n in names}
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+def test_empirical_agrees_with_analytic(path):
+    analytic, report = onnxinit.autoinit(path, seed=2, return_report=True)
+    empirical, ereport = onnxinit.autoinit(path, seed=2, mode="empirical", batch=128, return_report=True)
+    weights = [r.weight for r in report.layers]
+    a, e = _rms(analytic, weights), _rms(empirical, weights)
+    for w in weights:
+        assert abs(e[w] / a[w] - 1) <= 0.15, (w, a[w], e[w])
+    assert len(ereport.extra["empirical"]) == len(set(weights))
+    # measured on other samples than the calibration batch, every layer is at variance ~1
+    outputs = {n.name: n.output[0] for n in empirical.graph.node}
+    names = [outputs[r.node] for r in report.layers]
+    measured = measure(empirical, names, gaussian_feeds(empirical, 128, np.random.default_rng(99)))
+    assert all(0.8 <= measured[n][0] ** 2 + measured[n][1] <= 1.25 for n in names), measured

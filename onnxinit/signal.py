@@ -182,9 +182,15 @@ def _site_stats(sig: Signal):
     w = _grid_weights(sig.roots)
     flat = sig.values.reshape(w.size, -1)
     wf = w.reshape(-1)
-    mean = wf @ flat
-    second = wf @ (flat * flat)
-    var = np.maximum(second - mean * mean, 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = wf @ flat
+        second = wf @ (flat * flat)
+        var = np.maximum(second - mean * mean, 0.0)
+    # a site equal at every node (a masked score at -inf) has no variance
+    constant = np.all(flat == flat[:1], axis=0)
+    if constant.any():
+        mean = np.where(constant, flat[0], mean)
+        var = np.where(constant, 0.0, var)
     sample_axes = [i for i, root in enumerate(sig.roots) if root.kind == "sample"]
     if not sample_axes:
         shared = np.zeros_like(var)

@@ -126,6 +126,23 @@ class TinyBert(nn.Module):
         return self.head(x[:, 0])
 
 
+class TinyGpt(TinyBert):
+    """A GPT-style decoder: the same blocks with a causal mask (masked_fill with -inf) and pre-LN."""
+
+    def forward(self, ids):
+        x = self.tok(ids) + self.pos
+        n, t, d = x.shape
+        h = self.heads
+        mask = torch.triu(torch.ones(t, t, dtype=torch.bool), 1)
+        for b in self.blocks:
+            y = b["ln1"](x)
+            q, k, v = b["qkv"](y).reshape(n, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+            scores = (q @ k.transpose(-1, -2) / (d // h) ** 0.5).masked_fill(mask, float("-inf"))
+            x = x + b["proj"]((scores.softmax(-1) @ v).transpose(1, 2).reshape(n, t, d))
+            x = x + b["fc2"](nn.functional.gelu(b["fc1"](b["ln2"](x))))
+        return self.head(self.ln0(x))
+
+
 class ConvNeXtBlock(nn.Module):
     """ConvNeXt-style: depthwise 7x7, LayerNorm over channels, 4x MLP with GELU, layer scale, residual."""
 
@@ -201,6 +218,7 @@ SAMPLES = {
     "resnet20_nobn": (lambda: (CifarResNet(norm=False), (3, 32, 32)), False),
     "resnet20_bn_train": (lambda: (CifarResNet(norm=True), (3, 32, 32)), True),
     "bert_tiny": (lambda: (TinyBert(), (16,), 1000), False),
+    "gpt_tiny": (lambda: (TinyGpt(), (16,), 1000), False),
     "convnext_tiny": (lambda: (ConvNeXtTiny(), (3, 32, 32)), False),
     "mbconv_se": (mbconv_net, False),
     "densenet_block": (densenet_block, False),

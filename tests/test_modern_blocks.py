@@ -1,4 +1,4 @@
-"""ConvNeXt, MBConv with squeeze-excite, DenseNet and BERT-style exports: the issue-3 targets.
+"""ConvNeXt, MBConv with squeeze-excite, DenseNet, BERT- and GPT-style exports: the issue-3 targets.
 
 Every op has a rule (Softmax excepted: Monte Carlo), the result runs in ONNX Runtime with
 finite outputs, every weighted layer of the CNNs measures a variance in [0.5, 2] (BERT: 8

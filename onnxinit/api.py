@@ -113,6 +113,8 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
         warnings=result.warnings, structural_changes=result.structural_changes,
         output_moments={o: result.moments[o] for o in graph.outputs if o in result.moments},
         seconds=time.perf_counter() - start)
+    if result.embeddings:
+        report.extra["embeddings"] = [{"node": n, "table": t, "output": m.as_dict()} for n, t, m in result.embeddings]
     if calibration:
         report.extra["empirical"] = [{"node": n, "measured_second_moment": m, "factor": f} for n, m, f in calibration]
     return (model, report) if return_report else model

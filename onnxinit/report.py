@@ -57,6 +57,8 @@ class Report:
     def summary(self) -> str:
         lines = [f"onnxinit {self.command}: {self.model}" + (f" -> {self.output}" if self.output else "")]
         lines.append(f"  weighted layers initialized: {len(self.layers)}")
+        if self.extra.get("embeddings"):
+            lines.append(f"  embedding tables initialized: {len(self.extra['embeddings'])}")
         if self.layers:
             worst = max(self.layers, key=lambda r: abs(r.output.var - 1.0))
             lines.append(f"  predicted output of every weighted layer: mean 0, variance 1 "

@@ -1,4 +1,7 @@
 """A BERT-style export with token ids: every op has a rule, the result runs, the first block is predicted."""
+import json
+
+import jsonschema
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -15,6 +18,13 @@ def test_bert_autoinit_rules_every_op_and_runs():
     onnx.checker.check_model(model)
     assert not report.fallbacks or set(report.fallbacks) == {"Softmax"}, report.fallbacks
     assert {"gather", "layernorm", "split"} <= set(report.kinds_used)
+    assert [e["table"] for e in report.extra["embeddings"]] == ["tok.weight"]
+    assert "embedding tables initialized: 1" in report.summary()
+    schema = json.loads((BERT.parent.parent / "docs" / "report-schema.json").read_text())
+    jsonschema.validate(json.loads(report.to_json()), schema)
+    table = next(t for t in model.graph.initializer if t.name == "tok.weight")
+    rows = onnx.numpy_helper.to_array(table).astype(np.float64)
+    assert np.abs(rows.mean(axis=0)).max() < 1e-5 and abs(np.mean(rows ** 2) - 1) < 1e-3
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = gaussian_feeds(model, 64, np.random.default_rng(0))
     assert feeds["input"].dtype == np.int64 and feeds["input"].max() < 1000

@@ -1,0 +1,1 @@
+"""Training graphs on ONNX Runtime's training backend (NIO, compare, training checks)."""

@@ -59,10 +59,15 @@ class Report:
         lines.append(f"  weighted layers initialized: {len(self.layers)}")
         if self.extra.get("embeddings"):
             lines.append(f"  embedding tables initialized: {len(self.extra['embeddings'])}")
-        if self.layers:
+        if self.layers and self.command == "autoinit":
             worst = max(self.layers, key=lambda r: abs(r.output.var - 1.0))
             lines.append(f"  predicted output of every weighted layer: mean 0, variance 1 "
                          f"(largest deviation {worst.output.var:.4g} at {worst.node})")
+        elif self.layers:
+            low = min(self.layers, key=lambda r: r.output.var)
+            high = max(self.layers, key=lambda r: r.output.var)
+            lines.append(f"  predicted output variance of the weighted layers: from {low.output.var:.4g} "
+                         f"({low.node}) to {high.output.var:.4g} ({high.node}); last {self.layers[-1].output.var:.4g}")
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.kinds_used.items()))
         lines.append(f"  ops by rule kind: {kinds or 'none'}")
         if self.fallbacks:

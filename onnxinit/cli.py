@@ -17,6 +17,21 @@ def cli():
     """Re-initialize the weights of ONNX models so that they train well."""
 
 
+_OUTPUT_OPTIONS = [
+    click.option("--external-data", is_flag=True, help="Write tensor payloads to OUTPUT.data beside the model."),
+    click.option("--in-place", is_flag=True, help="Allow OUTPUT to be the input file."),
+    click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON."),
+    click.option("-q", "--quiet", is_flag=True, help="No summary."),
+    click.option("--debug", is_flag=True, help="Show tracebacks."),
+]
+
+
+def _output_options(f):
+    for option in reversed(_OUTPUT_OPTIONS):
+        f = option(f)
+    return f
+
+
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the new model.")
@@ -32,32 +47,93 @@ def cli():
               help="empirical: then rescale each weighted layer to E[y^2] = 1 as ONNX Runtime measures it.")
 @click.option("--batch", type=click.IntRange(1), default=64, show_default=True, help="Samples for --mode empirical.")
 @click.option("--data", type=click.Path(path_type=Path), help=".npz of inputs for --mode empirical.")
-@click.option("--external-data", is_flag=True, help="Write tensor payloads to OUTPUT.data beside the model.")
-@click.option("--in-place", is_flag=True, help="Allow OUTPUT to be the input file.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No summary.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_output_options
 def autoinit(model, output, seed, distribution, rules, input_mean, input_var, residual, mode, batch, data,
              external_data, in_place, json_path, quiet, debug):
     """AutoInit MODEL: every weighted layer outputs mean 0, variance 1."""
-    from .api import autoinit as run, save_model
+    from .api import autoinit as run
     try:
-        if output.resolve() == model.resolve() and not in_place:
-            raise OnnxInitError(f"{output}: output is the input file; pass --in-place to overwrite it")
+        _refuse_overwrite(model, output, in_place)
         with ProgressBar(enabled=not quiet) as progress:
             new, report = run(model, seed=seed, distribution=distribution, rules=rules, input_mean=input_mean,
                               input_var=input_var, residual=residual, progress=progress, mode=mode, batch=batch,
                               data=data, return_report=True)
-        save_model(new, output, external_data=True if external_data else None)
-        report.output = str(output)
-        if json_path:
-            save_text(json_path, report.to_json())
-        if not quiet:
-            click.echo(report.summary())
-    except OnnxInitError as exc:
-        _fail(exc, debug)
+        _write_results(new, report, output, external_data, json_path, quiet)
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - one line and exit 2 (130 on Ctrl-C)
         _fail(exc, debug)
+
+
+def _refuse_overwrite(model: Path, output: Path, in_place: bool) -> None:
+    if output.resolve() == model.resolve() and not in_place:
+        raise OnnxInitError(f"{output}: output is the input file; pass --in-place to overwrite it")
+
+
+def _write_results(new, report, output: Path, external_data: bool, json_path, quiet: bool) -> None:
+    """The model (atomically, external data when asked or over 2 GB), then the JSON report and summary."""
+    from .model_io import save_model
+    save_model(new, output, external_data=True if external_data else None)
+    report.output = str(output)
+    if json_path:
+        save_text(json_path, report.to_json())
+    if not quiet:
+        click.echo(report.summary())
+
+
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the new model.")
+@click.option("--scheme", type=click.Choice(["he-normal", "he-uniform", "glorot-normal", "glorot-uniform",
+                                             "lecun-normal", "lecun-uniform", "orthogonal", "torch-default"]),
+              default="he-normal", show_default=True,
+              help="torch-default: what PyTorch's layers do at construction (kaiming_uniform a=sqrt 5, bias bound "
+                   "1/sqrt fan_in).")
+@click.option("--gain", type=click.Choice(["scheme", "auto"]), default="scheme", show_default=True,
+              help="scheme: the scheme's own gain (he sqrt 2, others 1); auto: per layer from the nonlinearity "
+                   "that follows (torch.nn.init.calculate_gain).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--rules", "rules", type=click.Path(path_type=Path), multiple=True, help="Extra rule table (TOML).")
+@click.option("--input-mean", type=float, default=0.0, show_default=True, help="For the predicted signal.")
+@click.option("--input-var", type=float, default=1.0, show_default=True, help="For the predicted signal.")
+@_output_options
+def init(model, output, scheme, gain, seed, rules, input_mean, input_var, external_data, in_place, json_path,
+         quiet, debug):
+    """Re-initialize MODEL with a classic scheme (fans as torch.nn.init computes them)."""
+    from .classic import init as run
+    try:
+        _refuse_overwrite(model, output, in_place)
+        with ProgressBar(enabled=not quiet) as progress:
+            new, report = run(model, scheme=scheme, seed=seed, gain=gain, rules=rules, input_mean=input_mean,
+                              input_var=input_var, progress=progress, return_report=True)
+        _write_results(new, report, output, external_data, json_path, quiet)
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - one line and exit 2 (130 on Ctrl-C)
+        _fail(exc, debug)
+
+
+@cli.command("export-weights")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="weights.safetensors or weights.npz")
+@click.option("--names", type=click.Choice(["onnx", "source"]), default="onnx", show_default=True,
+              help="source: key tensors by the source framework's parameter names where the graph keeps them "
+                   "(PyTorch state_dict keys, Linear weights transposed back), for model.load_state_dict.")
+@click.option("-q", "--quiet", is_flag=True, help="No summary.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def export_weights(model, output, names, quiet, debug):
+    """Write every float initializer of MODEL to a .safetensors or .npz file."""
+    from .export_weights import export_weights as run
+    from .model_io import load_model
+    try:
+        entries = run(load_model(model), output, names=names)
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - one line and exit 2 (130 on Ctrl-C)
+        _fail(exc, debug)
+    if not quiet:
+        mapped = sum(e.source_name is not None for e in entries)
+        click.echo(f"{len(entries)} float tensors written to {output}; {mapped} with a source name")
+        for e in entries:
+            if e.source_name is None:
+                click.echo(f"  no source name: {e.onnx_name}")
 
 
 def _common_signal_options(f):

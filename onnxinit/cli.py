@@ -111,6 +111,43 @@ def init(model, output, scheme, gain, seed, rules, input_mean, input_var, extern
         _fail(exc, debug)
 
 
+def _input_map(pairs) -> dict:
+    """--input NAME=KEY pairs as {model input: .npz key}."""
+    mapping = {}
+    for pair in pairs:
+        name, sep, key = pair.partition("=")
+        if not sep or not name or not key:
+            raise OnnxInitError(f"--input expects NAME=KEY, not {pair!r}")
+        mapping[name] = key
+    return mapping
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the new model.")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help=".npz of model inputs.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=KEY", help="Feed model input NAME from array KEY.")
+@click.option("--batch", type=click.IntRange(1), default=256, show_default=True, help="Rows of the data used.")
+@click.option("--tol", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True,
+              help="Accept a layer when |Var - 1| < tol (Mishkin & Matas).")
+@click.option("--max-iters", type=click.IntRange(1), default=10, show_default=True, help="Tries per layer.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the orthogonal start.")
+@click.option("--rules", "rules", type=click.Path(path_type=Path), multiple=True, help="Extra rule table (TOML).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@_output_options
+def lsuv(model, output, data, inputs, batch, tol, max_iters, seed, rules, device, external_data, in_place,
+         json_path, quiet, debug):
+    """LSUV (data-dependent): orthogonal start, then each layer scaled to unit output variance on DATA."""
+    from .lsuv import lsuv as run
+    try:
+        _refuse_overwrite(model, output, in_place)
+        new, report = run(model, data, seed=seed, tol=tol, max_iters=max_iters, batch=batch,
+                          input_map=_input_map(inputs), rules=rules, device=device, return_report=True)
+        _write_results(new, report, output, external_data, json_path, quiet)
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - one line and exit 2 (130 on Ctrl-C)
+        _fail(exc, debug)
+
+
 @cli.command("export-weights")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,

@@ -56,8 +56,9 @@ def gaussian_feeds(model: onnx.ModelProto, batch: int, rng: np.random.Generator,
     return feeds
 
 
-def data_feeds(model: onnx.ModelProto, path) -> dict:
-    """Inputs from an .npz file: arrays by graph input name (a lone array feeds a lone input)."""
+def data_feeds(model: onnx.ModelProto, path, input_map: dict | None = None, limit: int | None = None) -> dict:
+    """Inputs from an .npz file: arrays by graph input name, or by ``input_map`` {input: key};
+    a lone array feeds a lone input. ``limit`` keeps the first rows of each array."""
     path = Path(path)
     try:
         archive = np.load(path, allow_pickle=False)
@@ -66,17 +67,27 @@ def data_feeds(model: onnx.ModelProto, path) -> dict:
     initializers = {t.name for t in model.graph.initializer}
     inputs = [vi for vi in model.graph.input if vi.name not in initializers]
     arrays = dict(archive.items()) if hasattr(archive, "items") else {"": archive}
-    if len(inputs) == 1 and len(arrays) == 1:
-        arrays = {inputs[0].name: next(iter(arrays.values()))}
+    input_map = dict(input_map or {})
+    unknown = sorted(set(input_map) - {vi.name for vi in inputs})
+    if unknown:
+        raise OnnxInitError(f"--input names {unknown} are not inputs of the model "
+                            f"(inputs: {[vi.name for vi in inputs]})")
+    if len(inputs) == 1 and len(arrays) == 1 and not input_map:
+        input_map = {inputs[0].name: next(iter(arrays))}
     feeds = {}
     for vi in inputs:
-        if vi.name not in arrays:
-            raise OnnxInitError(f"{path}: no array named {vi.name!r} (has {sorted(arrays)})")
+        key = input_map.get(vi.name, vi.name)
+        if key not in arrays:
+            raise OnnxInitError(f"{path}: no array named {key!r} for input {vi.name!r} (has {sorted(arrays)}); "
+                                "map one with --input NAME=KEY")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
-        value = np.asarray(arrays[vi.name])
+        value = np.asarray(arrays[key])
         if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
-            raise OnnxInitError(f"{path}: array {vi.name!r} holds NaN or infinite values")
-        feeds[vi.name] = value.astype(dtype, copy=False)
+            raise OnnxInitError(f"{path}: array {key!r} holds NaN or infinite values")
+        if value.dtype.kind not in "fiub":
+            raise OnnxInitError(f"{path}: array {key!r} is not numeric ({value.dtype})")
+        feeds[vi.name] = value[:limit] if limit and value.ndim else value
+        feeds[vi.name] = feeds[vi.name].astype(dtype, copy=False)
     return feeds
 
 

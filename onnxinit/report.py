@@ -68,6 +68,12 @@ class Report:
             high = max(self.layers, key=lambda r: r.output.var)
             lines.append(f"  predicted output variance of the weighted layers: from {low.output.var:.4g} "
                          f"({low.node}) to {high.output.var:.4g} ({high.node}); last {self.layers[-1].output.var:.4g}")
+        if self.extra.get("lsuv"):
+            records = self.extra["lsuv"]
+            tol = self.options.get("tol")
+            met = sum(r["variance_after"] is not None and abs(r["variance_after"] - 1) < tol for r in records)
+            lines.append(f"  measured on the data batch: {met} of {len(records)} layers reached variance 1 +- {tol:g} "
+                         f"(most tries {max(r['tries'] for r in records)})")
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.kinds_used.items()))
         lines.append(f"  ops by rule kind: {kinds or 'none'}")
         if self.fallbacks:

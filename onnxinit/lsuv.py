@@ -1,0 +1,80 @@
+"""`onnxinit lsuv`: layer-sequential unit-variance initialization (Mishkin & Matas, 2016).
+
+The data-dependent baseline: start from orthogonal weights (biases 0), then for
+each weighted layer in graph order, measure the variance of its output on a data
+batch with ONNX Runtime and divide its weight by √Var, until |Var − 1| < tol or
+``max_iters`` tries; later layers are measured with the earlier ones already
+rescaled. Weights are inputs of one session, so no rescale rebuilds it.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .api import _as_model, record_provenance
+from .classic import init
+from .empirical import _session
+from .errors import OnnxInitError
+from .graph import Graph
+from .layers import weighted_layers
+from .measure import data_feeds
+from .moments import Moments
+from .propagate import propagate
+from .report import Report
+from .rules import RuleTable
+
+TOLERANCE = 0.1   # |Var - 1| accepted (the paper's Tol_var)
+MAX_ITERS = 10    # tries per layer (the paper's T_max)
+
+
+def lsuv(model_or_path, data, seed: int = 0, tol: float = TOLERANCE, max_iters: int = MAX_ITERS,
+         batch: int | None = 256, input_map: dict | None = None, rules=(), device: str = "auto",
+         return_report: bool = False):
+    """Orthogonal start, then each weighted layer rescaled to unit output variance on ``data``
+    (an .npz of model inputs; the first ``batch`` rows). Returns the new model (or ``(model, Report)``)."""
+    start = time.perf_counter()
+    if not tol > 0 or max_iters < 1:
+        raise OnnxInitError("tol must be positive and max_iters at least 1")
+    source_model, source = _as_model(model_or_path)
+    table = RuleTable(rules)
+    model = init(source_model, scheme="orthogonal", seed=seed, rules=rules)
+    graph = Graph(model)
+    layers = weighted_layers(graph, table)
+    feeds = data_feeds(model, data, input_map, limit=batch)
+    weights = {layer.weight: graph.constant_value(layer.weight).copy() for layer in layers}
+    try:
+        session = _session(model, set(weights), [layer.node.output[0] for layer in layers], device)
+    except Exception as exc:  # noqa: BLE001 - ORT refuses the model
+        raise OnnxInitError(f"lsuv: ONNX Runtime cannot run the model ({str(exc).splitlines()[0]})") from exc
+    records, warnings = [], []
+    for layer in layers:
+        first = variance = None
+        tries = 0
+        for tries in range(1, max_iters + 1):
+            output = session.run([layer.node.output[0]], {**feeds, **weights})[0]
+            variance = float(np.var(output.astype(np.float64)))
+            first = variance if first is None else first
+            if not np.isfinite(variance) or variance <= 0:
+                warnings.append(f"{layer.name}: output variance {variance} on the batch; left as drawn")
+                break
+            if abs(variance - 1.0) < tol or tries == max_iters:
+                break
+            weights[layer.weight] = (weights[layer.weight] / np.sqrt(variance)).astype(weights[layer.weight].dtype)
+        records.append({"node": layer.name, "weight": layer.weight, "variance_before": first,
+                        "variance_after": variance, "tries": tries})
+    for name, value in weights.items():
+        graph.replace_payload(name, value)
+    floats = [v.astype(np.float64) for v in feeds.values() if v.dtype.kind == "f"]
+    data_moments = Moments(float(np.mean(floats[0])), float(np.var(floats[0]))) if floats else Moments(0.0, 1.0)
+    result = propagate(Graph(model), table, data_moments, None)
+    record_provenance(model, {"command": "lsuv", "seed": str(seed), "tol": str(tol), "max_iters": str(max_iters)})
+    report = Report(command="lsuv", model=source, output=None, seed=seed,
+                    options={"tol": tol, "max_iters": max_iters, "batch": batch, "data": str(data),
+                             "rules": [str(r) for r in rules]},
+                    layers=result.layers, kinds_used=result.kinds_used, fallbacks=result.fallbacks,
+                    warnings=warnings + result.warnings, structural_changes=[],
+                    output_moments={o: result.moments[o] for o in graph.outputs if o in result.moments},
+                    seconds=time.perf_counter() - start)
+    report.extra["lsuv"] = records
+    return (model, report) if return_report else model

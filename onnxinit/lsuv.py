@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from .api import _as_model, record_provenance
-from .classic import init
+from .classic import draw_all
 from .empirical import _session
 from .errors import OnnxInitError
 from .graph import Graph
@@ -23,6 +23,7 @@ from .moments import Moments
 from .propagate import propagate
 from .report import Report
 from .rules import RuleTable
+from .schemes.classic import ClassicScheme
 
 TOLERANCE = 0.1   # |Var - 1| accepted (the paper's Tol_var)
 MAX_ITERS = 10    # tries per layer (the paper's T_max)
@@ -38,9 +39,12 @@ def lsuv(model_or_path, data, seed: int = 0, tol: float = TOLERANCE, max_iters: 
         raise OnnxInitError("tol must be positive and max_iters at least 1")
     source_model, source = _as_model(model_or_path)
     table = RuleTable(rules)
-    model = init(source_model, scheme="orthogonal", seed=seed, rules=rules)
+    model = source_model
     graph = Graph(model)
+    draw_all(graph, table, ClassicScheme("orthogonal", seed))
     layers = weighted_layers(graph, table)
+    if not layers:
+        raise OnnxInitError(f"{source}: found no weighted layer with a float weight to initialize")
     feeds = data_feeds(model, data, input_map, limit=batch)
     weights = {layer.weight: graph.constant_value(layer.weight).copy() for layer in layers}
     try:

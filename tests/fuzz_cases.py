@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 
@@ -86,6 +87,8 @@ def main(argv=None) -> int:
     from click.testing import CliRunner
 
     from onnxinit.cli import cli
+    from onnxinit.measure import gaussian_feeds
+    from onnxinit.schemes.classic import SCHEMES
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=0)
@@ -94,6 +97,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     root = Path(__file__).resolve().parent.parent / "samples"
     sources = {name: (root / f"{name}.onnx").read_bytes() for name in SAMPLES}
+    feeds = {name: gaussian_feeds(onnx.load_from_string(b), 4, np.random.default_rng(0)) for name, b in sources.items()}
     rng = random.Random(args.seed)
     runner = CliRunner()
     signal.signal(signal.SIGALRM, _alarm)
@@ -106,8 +110,16 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             case, out = Path(tmp) / "case.onnx", Path(tmp) / "out.onnx"
             case.write_bytes(data)
-            command = rng.choice([["autoinit", str(case), "-o", str(out), "--quiet"], ["check", str(case)],
-                                  ["inspect", str(case)], ["inspect", str(case), "--measure", "--batch", "2"]])
+            inputs = Path(tmp) / "data.npz"
+            np.savez(inputs, **feeds[name])
+            weights = Path(tmp) / "weights.npz"
+            command = rng.choice([
+                ["autoinit", str(case), "-o", str(out), "--quiet"], ["check", str(case)], ["inspect", str(case)],
+                ["inspect", str(case), "--measure", "--batch", "2"],
+                ["init", str(case), "-o", str(out), "-q", "--scheme", rng.choice(SCHEMES)],
+                ["lsuv", str(case), "-o", str(out), "-q", "--data", str(inputs), "--batch", "4"],
+                ["export-weights", str(case), "-o", str(weights), "-q"]])
+            out = weights if command[0] == "export-weights" else out
             signal.alarm(args.limit)
             try:
                 result = runner.invoke(cli, command, catch_exceptions=True)
@@ -123,7 +135,7 @@ def main(argv=None) -> int:
             finally:
                 signal.alarm(0)
             left = sorted(p.name for p in Path(tmp).iterdir()
-                          if p.name != "case.onnx" and not (p == out and result is not None and result.exit_code == 0))
+                          if p.name not in ("case.onnx", "data.npz") and not (p == out and result is not None and result.exit_code == 0))
             if left:
                 problem = f"left {left}"
             if problem:

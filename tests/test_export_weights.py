@@ -95,3 +95,23 @@ def test_bad_output_paths(tmp_path):
         assert result.exit_code == 2 and result.output.startswith("error:")
         assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_readme_snippet(tmp_path, monkeypatch):
+    """The README's load_state_dict snippet, run as written on the autoinit ResNet-20."""
+    torch = pytest.importorskip("torch")
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    marker = "<!-- tested by tests/test_export_weights.py::test_readme_snippet -->\n```python\n"
+    snippet = readme.split(marker, 1)[1].split("```", 1)[0]
+    samples = _make_samples()
+    new = autoinit(SAMPLE["resnet20_nobn"], seed=2)
+    monkeypatch.chdir(tmp_path)
+    export_weights(new, tmp_path / "weights.safetensors", names="source")
+    scope = {"MyNet": lambda: samples.SAMPLES["resnet20_nobn"][0]()[0]}
+    exec(snippet, scope)
+    assert scope["missing"] == [] and scope["unexpected"] == []
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        ours = scope["model"].eval()(torch.from_numpy(x)).numpy()
+    session = ort.InferenceSession(new.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(ours, session.run(None, {"input": x})[0], atol=1e-4, rtol=1e-4)

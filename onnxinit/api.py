@@ -56,20 +56,20 @@ def planned_weights(graph: Graph, table: RuleTable) -> list:
     return planned
 
 
-def _as_model(model_or_path) -> tuple[onnx.ModelProto, str]:
+def _as_model(model_or_path, lazy: bool = False) -> tuple[onnx.ModelProto, str]:
     if isinstance(model_or_path, onnx.ModelProto):
         copy = onnx.ModelProto()
         copy.CopyFrom(model_or_path)
         return copy, "<model>"
     if isinstance(model_or_path, (str, Path)):
-        return load_model(model_or_path), str(model_or_path)
+        return load_model(model_or_path, lazy=lazy), str(model_or_path)
     raise TypeError("expected an onnx.ModelProto or a path")
 
 
 def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rules=(),
              input_mean: float = 0.0, input_var: float = 1.0, residual: str = "sum", progress=None,
              mode: str = "analytic", batch: int = 64, data=None, device: str = "auto",
-             return_report: bool = False):
+             return_report: bool = False, spill=None):
     """AutoInit a model: every weighted layer's output gets mean 0 and variance 1.
 
     ``residual="weighted"`` also rescales every residual sum to variance 1
@@ -80,12 +80,20 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
 
     Returns the new ``onnx.ModelProto`` (the input is never modified), or
     ``(model, Report)`` with ``return_report=True``.
+
+    ``spill`` (a ``model_io.Spill``, analytic mode, a path as input): external data stays on
+    disk and new weights of 1 MB or more are written to the spill file, so a large model is
+    never held in memory; save the result with ``save_model`` before the spill is closed.
     """
     start = time.perf_counter()
     if input_var < 0 or not np.isfinite(input_var) or not np.isfinite(input_mean):
         raise OnnxInitError("input moments must be finite, with a non-negative variance")
-    model, source = _as_model(model_or_path)
+    if mode not in ("analytic", "empirical"):
+        raise OnnxInitError(f"mode must be analytic or empirical, not {mode!r}")
+    spill = spill if mode == "analytic" else None
+    model, source = _as_model(model_or_path, lazy=spill is not None)
     graph = Graph(model)
+    graph.spill = spill
     if not any(graph.is_weight(t.name) for t in model.graph.initializer) and not graph.constant_nodes:
         raise OnnxInitError(f"{source}: the model has no float weights to initialize")
     table = RuleTable(rules)
@@ -95,8 +103,6 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
             result = propagate(graph, table, Moments(input_mean, input_var), scheme, progress, residual)
     finally:
         scheme.close()
-    if mode not in ("analytic", "empirical"):
-        raise OnnxInitError(f"mode must be analytic or empirical, not {mode!r}")
     calibration = []
     if mode == "empirical":
         from .empirical import calibrate

@@ -1,6 +1,7 @@
 """Command line: one subcommand per job; exit 0 ok, 2 bad input."""
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -52,13 +53,15 @@ def autoinit(model, output, seed, distribution, rules, input_mean, input_var, re
              external_data, in_place, json_path, quiet, debug):
     """AutoInit MODEL: every weighted layer outputs mean 0, variance 1."""
     from .api import autoinit as run
+    from .model_io import Spill
     try:
         _refuse_overwrite(model, output, in_place)
-        with ProgressBar(enabled=not quiet) as progress:
+        _check_output_folder(output)
+        with ProgressBar(enabled=not quiet) as progress, Spill(output.parent) as spill:
             new, report = run(model, seed=seed, distribution=distribution, rules=rules, input_mean=input_mean,
                               input_var=input_var, residual=residual, progress=progress, mode=mode, batch=batch,
-                              data=data, return_report=True)
-        _write_results(new, report, output, external_data, json_path, quiet)
+                              data=data, return_report=True, spill=spill)
+            _write_results(new, report, output, external_data, json_path, quiet)
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - one line and exit 2 (130 on Ctrl-C)
         _fail(exc, debug)
 
@@ -66,6 +69,14 @@ def autoinit(model, output, seed, distribution, rules, input_mean, input_var, re
 def _refuse_overwrite(model: Path, output: Path, in_place: bool) -> None:
     if output.resolve() == model.resolve() and not in_place:
         raise OnnxInitError(f"{output}: output is the input file; pass --in-place to overwrite it")
+
+
+def _check_output_folder(output: Path) -> None:
+    folder = output.parent
+    if not folder.is_dir():
+        raise OnnxInitError(f"{output}: output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise OnnxInitError(f"{output}: output folder {folder} is not writable")
 
 
 def _write_results(new, report, output: Path, external_data: bool, json_path, quiet: bool) -> None:

@@ -47,8 +47,13 @@ def check_external_data(model: onnx.ModelProto, model_dir: Path) -> None:
                                 f"({size} bytes, needs {offset + int(length)})")
 
 
-def load_model(path) -> onnx.ModelProto:
-    """Parse ``path`` and read its external data (checked to stay inside the model's folder)."""
+def load_model(path, lazy: bool = False) -> onnx.ModelProto:
+    """Parse ``path`` and read its external data (checked to stay inside the model's folder).
+
+    ``lazy``: leave external payloads on disk; their locations become absolute paths (in
+    memory only), read one tensor at a time (read_deferred) and copied straight to the
+    output by save_model. For models that must not be held in memory twice; such a model
+    is for Graph and save_model only (ONNX Runtime refuses absolute locations)."""
     path = Path(path)
     if not path.exists():
         raise OnnxInitError(f"{path}: no such file")
@@ -63,6 +68,13 @@ def load_model(path) -> onnx.ModelProto:
     if not model.HasField("graph") or (not model.graph.node and not model.graph.initializer):
         raise OnnxInitError(f"{path}: not an ONNX model (no graph)")
     check_external_data(model, path.parent)
+    if lazy:
+        root = path.parent.resolve()
+        for tensor in _tensors_with_external_data(model):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = str((root / entry.value).resolve())
+        return model
     try:
         external_data_helper.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError) as exc:
@@ -70,10 +82,91 @@ def load_model(path) -> onnx.ModelProto:
     return model
 
 
+def is_deferred(tensor: onnx.TensorProto) -> bool:
+    """A payload left on disk by load_model(lazy=True) or written to a Spill."""
+    return tensor.data_location == onnx.TensorProto.EXTERNAL and any(
+        e.key == "location" and os.path.isabs(e.value) for e in tensor.external_data)
+
+
+def _extent(tensor: onnx.TensorProto) -> tuple[str, int, int]:
+    info = {e.key: e.value for e in tensor.external_data}
+    offset = int(info.get("offset", 0) or 0)
+    length = info.get("length")
+    size = int(length) if length is not None else os.path.getsize(info["location"]) - offset
+    return info["location"], offset, size
+
+
+def read_deferred(tensor: onnx.TensorProto) -> bytes:
+    """The payload bytes of a deferred tensor."""
+    location, offset, size = _extent(tensor)
+    with open(location, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    if len(data) != size:
+        raise OnnxInitError(f"tensor {tensor.name!r}: external data file {location!r} is too short")
+    return data
+
+
+def deferred_array(tensor: onnx.TensorProto):
+    """numpy value of a deferred tensor (read now, not kept)."""
+    from onnx import numpy_helper
+    inline = onnx.TensorProto()
+    inline.name, inline.data_type = tensor.name, tensor.data_type
+    inline.dims.extend(tensor.dims)
+    inline.raw_data = read_deferred(tensor)
+    return numpy_helper.to_array(inline)
+
+
+def set_inline(tensor: onnx.TensorProto, raw: bytes) -> None:
+    """Give ``tensor`` this payload in raw_data, dropping any other payload field or reference."""
+    for f in ("float_data", "double_data", "int32_data", "int64_data", "raw_data", "external_data"):
+        tensor.ClearField(f)
+    tensor.data_location = onnx.TensorProto.DEFAULT
+    tensor.raw_data = raw
+
+
+class Spill:
+    """A temporary payload file in the output's folder: drawn weights of large models go here
+    instead of into the model, so the model is never held in memory. Removed on close."""
+
+    MIN_BYTES = 1 << 20
+
+    def __init__(self, folder: Path):
+        fd, name = tempfile.mkstemp(prefix=".onnxinit-", suffix=".spill", dir=folder)
+        self.path = Path(name).resolve()
+        self.file = os.fdopen(fd, "wb")
+
+    def write(self, tensor: onnx.TensorProto, value) -> None:
+        """Store ``value`` (already in the tensor's dtype and shape) as ``tensor``'s payload."""
+        offset = self.file.tell()
+        value.tofile(self.file)
+        self.file.flush()
+        for f in ("float_data", "double_data", "int32_data", "int64_data", "raw_data", "external_data"):
+            tensor.ClearField(f)
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for key, v in (("location", str(self.path)), ("offset", str(offset)), ("length", str(value.nbytes))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, v
+
+    def close(self) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
 def payload_bytes(model: onnx.ModelProto) -> int:
-    """Bytes held in tensor payloads (what decides the 2 GB protobuf limit)."""
+    """Bytes held in tensor payloads, deferred ones included (what decides the 2 GB protobuf limit)."""
     total = 0
     for tensor in external_data_helper._get_all_tensors(model):
+        if is_deferred(tensor):
+            total += _extent(tensor)[2]
+            continue
         total += len(tensor.raw_data) + 4 * (len(tensor.float_data) + len(tensor.int32_data)) \
             + 8 * (len(tensor.int64_data) + len(tensor.double_data))
     return total
@@ -115,12 +208,16 @@ def _serialize_with_external_data(model: onnx.ModelProto, data_path: Path, locat
         getattr(graph, field_name).extend(getattr(source, field_name))
     with open(data_path, "wb") as data:
         for tensor in source.initializer:
-            size = len(tensor.raw_data) if tensor.HasField("raw_data") else 0
-            if size < EXTERNAL_THRESHOLD:
+            deferred = is_deferred(tensor)
+            size = _extent(tensor)[2] if deferred else len(tensor.raw_data) if tensor.HasField("raw_data") else 0
+            if size < EXTERNAL_THRESHOLD and not deferred:
                 graph.initializer.append(tensor)
                 continue
             offset = data.tell()
-            data.write(tensor.raw_data)
+            if deferred:
+                _copy_deferred(tensor, data)
+            else:
+                data.write(tensor.raw_data)
             data.write(b"\0" * ((-data.tell()) % 64))
             ref = graph.initializer.add()
             ref.name, ref.data_type, ref.doc_string = tensor.name, tensor.data_type, tensor.doc_string
@@ -130,6 +227,28 @@ def _serialize_with_external_data(model: onnx.ModelProto, data_path: Path, locat
                 entry = ref.external_data.add()
                 entry.key, entry.value = key, value
     return light.SerializeToString()
+
+
+def _copy_deferred(tensor: onnx.TensorProto, out, chunk: int = 64 << 20) -> None:
+    """Copy a deferred payload into ``out`` in chunks (never the whole tensor in memory)."""
+    location, offset, size = _extent(tensor)
+    with open(location, "rb") as f:
+        f.seek(offset)
+        left = size
+        while left:
+            block = f.read(min(chunk, left))
+            if not block:
+                raise OnnxInitError(f"tensor {tensor.name!r}: external data file {location!r} is too short")
+            out.write(block)
+            left -= len(block)
+
+
+def _inline_deferred(model: onnx.ModelProto, initializers: bool = True) -> None:
+    """Read deferred payloads into the model (all, or those outside graph.initializer)."""
+    skip = set() if initializers else {id(t) for t in model.graph.initializer}
+    for tensor in list(external_data_helper._get_all_tensors(model)):
+        if id(tensor) not in skip and is_deferred(tensor):
+            set_inline(tensor, read_deferred(tensor))
 
 
 def save_model(model: onnx.ModelProto, output, external_data: bool | None = None) -> list[Path]:
@@ -150,10 +269,12 @@ def save_model(model: onnx.ModelProto, output, external_data: bool | None = None
         external_data = payload_bytes(model) >= TWO_GB - (64 << 20)
     with _temp_in(folder, ".onnx") as tmp_model:
         if not external_data:
+            _inline_deferred(model)
             tmp_model.write_bytes(model.SerializeToString())
             os.replace(tmp_model, output)
             return [output]
         location = data_file_name(output)
+        _inline_deferred(model, initializers=False)
         with _temp_in(folder, ".data") as tmp_data:
             tmp_model.write_bytes(_serialize_with_external_data(model, tmp_data, location))
             os.replace(tmp_data, folder / location)

@@ -108,7 +108,11 @@ class Propagation:
         """Every consumer has been visited: keep the tensor's moments, drop its grid values."""
         if name in self.signals and self.signals[name] is not None:
             self.moments[name]   # noqa: B018 - computed and cached before the values go
+            roots = [r.name for r in self.signals[name].roots if r.name in self.unit_correlation]
             self.signals[name] = None
+            for root in roots:   # a dense layer's unit correlations (up to 32 MB) die with its last signal
+                if not any(s is not None and any(r.name == root for r in s.roots) for s in self.signals.values()):
+                    del self.unit_correlation[root]
 
     def set_moments(self, name: str, m: Moments) -> None:
         """A signal with pooled statistics only (no sites)."""

@@ -335,6 +335,7 @@ def weighted(node, rule, ctx):
         rank = ctx.rank(out) or 2
         signal = gaussian(out, pooled[0], pooled[1] + spread, pooled[2], (None,) * rank, positions)
     ctx.set(out, signal)
+    layer.cross = None   # kept layers must not hold an earlier layer's unit correlation (out x out)
     ctx.layer_outputs[out] = layer
     if layout.kind in ("gemm", "matmul") and signal.rank == 2 and len(signal.roots) == 1 \
             and layout.group_count == 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 
 import onnx
@@ -244,10 +245,13 @@ def _copy_deferred(tensor: onnx.TensorProto, out, chunk: int = 64 << 20) -> None
 
 
 def _inline_deferred(model: onnx.ModelProto, initializers: bool = True) -> None:
-    """Read deferred payloads into the model (all, or those outside graph.initializer)."""
-    skip = set() if initializers else {id(t) for t in model.graph.initializer}
-    for tensor in list(external_data_helper._get_all_tensors(model)):
-        if id(tensor) not in skip and is_deferred(tensor):
+    """Read deferred payloads into the model: all, or (``initializers=False``) all but the
+    top-level graph initializers, which the external-data writer copies itself."""
+    skip = 0 if initializers else len(model.graph.initializer)   # they come first
+    tensors = chain(external_data_helper._get_initializer_tensors(model),
+                    external_data_helper._get_attribute_tensors(model))
+    for i, tensor in enumerate(tensors):
+        if i >= skip and is_deferred(tensor):
             set_inline(tensor, read_deferred(tensor))
 
 

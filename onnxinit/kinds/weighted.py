@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 
 from ..layouts import Layout, conv_transpose_tap_fraction
 from ..moments import Moments
@@ -133,6 +134,18 @@ def _find_inputs(node, rule, ctx):
             if others:
                 return others[0], node.input[w], w
     raise Unsupported("no weight initializer beside a signal input")
+
+
+def _shape_and_dtype(weight: str, ctx) -> tuple:
+    """A weight's shape and numpy dtype, from its TensorProto when it has one (a large weight
+    is not read just for that)."""
+    tensor = ctx.graph.weight_tensor(weight)
+    if tensor is not None and tensor.data_type != onnx.TensorProto.BFLOAT16:
+        return tuple(int(d) for d in tensor.dims), np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    current = ctx.value(weight)
+    if current is None:
+        raise Unsupported(f"weight {weight!r} has no readable value")
+    return current.shape, current.dtype
 
 
 def _layout(node, rule, weight_shape, weight_index, attrs) -> Layout:
@@ -281,14 +294,14 @@ def weighted(node, rule, ctx):
     bias_index = rule.get("bias")
     bias = node.input[bias_index] if bias_index is not None and len(node.input) > bias_index else None
     bias = bias if bias and ctx.graph.is_constant(bias) else None
-    current = ctx.value(weight)
-    if current is None:
-        raise Unsupported(f"weight {weight!r} has no readable value")
-    layout = _layout(node, rule, current.shape, w_index, attrs)
+    shape, dtype = _shape_and_dtype(weight, ctx)
+    layout = _layout(node, rule, shape, w_index, attrs)
     try:
-        layout.to_canonical(current)
-    except (IndexError, ValueError) as exc:
-        raise Unsupported(f"weight {weight!r} of shape {current.shape} does not fit {layout.kind}") from exc
+        fits = int(np.prod(layout.canonical_shape, dtype=np.int64)) == int(np.prod(shape, dtype=np.int64))
+    except (IndexError, ValueError):
+        fits = False
+    if not fits:
+        raise Unsupported(f"weight {weight!r} of shape {shape} does not fit {layout.kind}")
     alpha = float(attrs.get(rule.get("scale_attr"), 1.0)) if rule.get("scale_attr") else 1.0
     beta = float(attrs.get(rule.get("bias_scale_attr"), 1.0)) if rule.get("bias_scale_attr") else 1.0
     out = node.output[0]
@@ -303,7 +316,7 @@ def weighted(node, rule, ctx):
         out_axes = None
     cross = _cross_terms(ctx.signal(x), ctx) if layout.kind in ("gemm", "matmul") else None
     layer = WeightedLayer(node, weight, bias, layout, ctx.moments[x], inputs, site_weights, out_axes,
-                          alpha, current.dtype, inverse, cross)
+                          alpha, dtype, inverse, cross)
     layer.last_stats = None
     if ctx.scheme is not None:
         ctx.scheme.draw_weighted(layer, ctx)

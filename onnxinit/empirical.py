@@ -5,7 +5,8 @@ layer become graph inputs of one ONNX Runtime session (changing them costs no
 rebuild). In graph order, each layer's output is measured on the batch
 (Gaussian input, or ``data``) and its weight multiplied by 1/sqrt(E[y^2]) so
 the measured E[y^2] is 1; later layers are measured with the earlier ones
-already rescaled. Biases are zero after AutoInit, so y scales with the weight.
+already rescaled. Biases are zero after AutoInit, so y scales with the weight
+(with the g of a weight-normalized layer, w = g·v/‖v‖).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import OnnxInitError
+from .graph import Graph
 from .measure import _runtime, data_feeds, gaussian_feeds, providers
 
 
@@ -44,10 +46,16 @@ def calibrate(model: onnx.ModelProto, layers, batch: int = 64, data=None, input_
     """Rescale ``model``'s weighted layers in place; returns [(node, measured E[y^2] before, factor)]."""
     tensors = {t.name: t for t in model.graph.initializer}
     outputs = {n.name or n.output[0]: n.output[0] for n in model.graph.node}
-    layers = [r for r in layers if r.weight in tensors and r.node in outputs]
+    graph = Graph(model)
+    scaled = {}   # layer weight -> the initializer it is linear in (itself, or a weight norm's g)
+    for r in layers:
+        wn = graph.weight_norm(r.weight) if r.weight not in tensors else None
+        if r.weight in tensors or wn is not None:
+            scaled[r.weight] = r.weight if wn is None else wn.g
+    layers = [r for r in layers if r.weight in scaled and r.node in outputs]
     if not layers:
         return []
-    weights = {r.weight: numpy_helper.to_array(tensors[r.weight]).copy() for r in layers}
+    weights = {scaled[r.weight]: numpy_helper.to_array(tensors[scaled[r.weight]]).copy() for r in layers}
     names = [outputs[r.node] for r in layers]
     feeds = data_feeds(model, data) if data is not None else \
         gaussian_feeds(model, batch, np.random.default_rng(seed), input_mean, input_var)
@@ -57,15 +65,16 @@ def calibrate(model: onnx.ModelProto, layers, batch: int = 64, data=None, input_
         raise OnnxInitError(f"empirical mode: ONNX Runtime cannot run the model ({str(exc).splitlines()[0]})") from exc
     done, changes = set(), []
     for r, name in zip(layers, names):
-        if r.weight in done:
+        key = scaled[r.weight]
+        if key in done:
             continue
         value = session.run([name], {**feeds, **weights})[0].astype(np.float64)
         second = float(np.mean(value * value))
         if np.isfinite(second) and second > 0:
             factor = 1.0 / np.sqrt(second)
-            weights[r.weight] = (weights[r.weight] * factor).astype(weights[r.weight].dtype)
+            weights[key] = (weights[key] * factor).astype(weights[key].dtype)
             changes.append((r.node, second, factor))
-        done.add(r.weight)
+        done.add(key)
     for name, value in weights.items():
         tensor = tensors[name]
         tensor.ClearField("float_data")

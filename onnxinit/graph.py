@@ -9,6 +9,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from .errors import OnnxInitError
+from .model_io import deferred_array, is_deferred, set_inline
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                onnx.TensorProto.BFLOAT16}
@@ -40,6 +41,8 @@ class Graph:
         self._values: dict[str, np.ndarray] = {}
         self.shape_values: dict[str, np.ndarray] = {}   # shape arithmetic with a probe batch size
         self.dims_override: dict[str, list] = {}         # static dims worked out during propagation
+        self.spill = None                                # model_io.Spill: where large new payloads go
+        self._weight_norms: dict = {}                    # computed weight -> weightnorm.WeightNorm or None
 
     def _topological_order(self):
         nodes = list(self.graph.node)
@@ -162,12 +165,19 @@ class Graph:
         return name in self.initializers or name in self.constant_nodes or name in self._values
 
     def is_weight(self, name: str) -> bool:
-        """A float initializer or the float output of a Constant node."""
+        """A float initializer, the float output of a Constant node, or a weight norm's output."""
         if name in self.initializers:
             return self.initializers[name].data_type in FLOAT_TYPES
         if name in self.constant_nodes:
             return self.elem_type(name) in FLOAT_TYPES
-        return False
+        return self.weight_norm(name) is not None
+
+    def weight_norm(self, name: str):
+        """The weight-norm subgraph computing ``name`` (w = g·v/‖v‖, weightnorm.py), or None."""
+        if name not in self._weight_norms:
+            from .weightnorm import detect
+            self._weight_norms[name] = detect(self, name) if name in self.producer else None
+        return self._weight_norms[name]
 
     def weight_tensor(self, name: str) -> onnx.TensorProto | None:
         """The TensorProto holding a weight's payload (initializer or Constant's value)."""
@@ -195,7 +205,7 @@ class Graph:
             except Exception:  # noqa: BLE001 - an unsupported Constant form carries no value
                 return None
         else:
-            value = numpy_helper.to_array(tensor)
+            value = deferred_array(tensor) if is_deferred(tensor) else numpy_helper.to_array(tensor)
             if value.nbytes > CACHE_LIMIT:
                 return value   # large weights are read again when needed: one copy of the model, not two
         self._values[name] = value
@@ -203,13 +213,19 @@ class Graph:
 
     def replace_payload(self, name: str, value: np.ndarray) -> None:
         """Write a weight's new values into its TensorProto now (name, dims, type, doc string stay);
-        the old bytes are released, so the model is held once."""
+        the old bytes are released, so the model is held once. A weight norm's output is written
+        through its v and g."""
         tensor = self.weight_tensor(name)
+        if tensor is None:
+            self.weight_norm(name).write(self, value)
+            self._values[name] = np.asarray(value)
+            return
         target = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
         value = np.ascontiguousarray(np.asarray(value).astype(target, copy=False)).reshape(tuple(tensor.dims))
-        for f in ("float_data", "double_data", "int32_data", "int64_data", "raw_data"):
-            tensor.ClearField(f)
-        tensor.raw_data = value.tobytes()
+        if self.spill is not None and value.nbytes >= self.spill.MIN_BYTES:
+            self.spill.write(tensor, value)
+        else:
+            set_inline(tensor, value.tobytes())
         self._values.pop(name, None)
         if value.nbytes <= CACHE_LIMIT:
             self._values[name] = value

@@ -57,7 +57,7 @@ def weight_residual_sum(node, ctx) -> None:
         if path is not None and ctx.scheme is not None:
             layer = ctx.layer_outputs[path[-1]]
             for tensor in (layer.weight, layer.bias):
-                if tensor and ctx.graph.weight_tensor(tensor) is not None:
+                if tensor and ctx.graph.is_weight(tensor):
                     value = ctx.graph.constant_value(tensor)
                     ctx.scheme.rescale(tensor, value * np.asarray(a, value.dtype))
             for tensor in path:

@@ -204,6 +204,57 @@ class DenseBlock(nn.Module):
         return x
 
 
+def with_weight_norm(model, legacy=False):
+    """Every Conv2d and Linear reparametrized as w = g * v / ||v|| (PyTorch's weight_norm, dim=0);
+    exported in training mode, the reparametrization stays in the graph."""
+    wrap = nn.utils.weight_norm if legacy else nn.utils.parametrizations.weight_norm
+    for module in list(model.modules()):
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # the legacy function is deprecated
+                wrap(module)
+    return model
+
+
+class PreActBottleneck(nn.Module):
+    """Pre-activation bottleneck (He et al. 2016b): BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1, plus the shortcut;
+    the projection shortcut reads the pre-activated input."""
+
+    def __init__(self, c_in, width, stride, expansion=4):
+        super().__init__()
+        c_out = width * expansion
+        self.bn1, self.conv1 = nn.BatchNorm2d(c_in), nn.Conv2d(c_in, width, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(width), nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn3, self.conv3 = nn.BatchNorm2d(width), nn.Conv2d(width, c_out, 1, bias=False)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride != 1 or c_in != c_out else None
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(x))
+        shortcut = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv1(out)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        out = self.conv3(torch.relu(self.bn3(out)))
+        return out + shortcut
+
+
+class PreActBottleneckResNet(nn.Module):
+    def __init__(self, blocks=(2, 2, 2), widths=(16, 32, 64), n_classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        layers, c_in = [], widths[0]
+        for stage, (count, width) in enumerate(zip(blocks, widths)):
+            for i in range(count):
+                layers.append(PreActBottleneck(c_in, width, 2 if stage > 0 and i == 0 else 1))
+                c_in = width * 4
+        self.blocks = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(c_in)
+        self.fc = nn.Linear(c_in, n_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.blocks(self.stem(x))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
 def densenet_block():
     return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), DenseBlock(), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(48, 10)), (3, 32, 32)
@@ -222,6 +273,12 @@ SAMPLES = {
     "convnext_tiny": (lambda: (ConvNeXtTiny(), (3, 32, 32)), False),
     "mbconv_se": (mbconv_net, False),
     "densenet_block": (densenet_block, False),
+    # weight norm (Arpit et al.): exported in training mode so w = g * v / ||v|| stays in the graph
+    "resnet20_wn": (lambda: (with_weight_norm(CifarResNet(n=3)), (3, 32, 32)), True),
+    "resnet56_wn": (lambda: (with_weight_norm(CifarResNet(n=9)), (3, 32, 32)), True),
+    "resnet56_nobn": (lambda: (CifarResNet(n=9), (3, 32, 32)), False),
+    "resnet_bottleneck": (lambda: (PreActBottleneckResNet(), (3, 32, 32)), True),
+    "mlp_wn": (lambda: (with_weight_norm(deep_relu_mlp(depth=8)[0], legacy=True), (64,)), True),
 }
 
 

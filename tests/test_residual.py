@@ -1,16 +1,19 @@
 """--residual weighted: every residual sum of the no-BN ResNet measured at variance ~1 in ONNX Runtime."""
 import numpy as np
 import onnx
+import pytest
 
 import onnxinit
-from conftest import SAMPLES
+from conftest import ALL_SAMPLES, SAMPLES
 from onnxinit.measure import gaussian_feeds, measure
 
 RESNET = next(p for p in SAMPLES if p.stem == "resnet20_nobn")
 
 
-def test_weighted_residual_sums_have_unit_variance():
-    model, report = onnxinit.autoinit(RESNET, seed=3, residual="weighted", return_report=True)
+@pytest.mark.parametrize("name", ["resnet20_nobn", "resnet20_wn"])   # _wn: folded through weight norms' g
+def test_weighted_residual_sums_have_unit_variance(name):
+    path = next(p for p in ALL_SAMPLES if p.stem == name)
+    model, report = onnxinit.autoinit(path, seed=3, residual="weighted", return_report=True)
     onnx.checker.check_model(model)
     adds = [n for n in model.graph.node if n.op_type == "Add"]
     assert adds and len(report.structural_changes) >= 2 * len(adds)

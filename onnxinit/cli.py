@@ -159,6 +159,78 @@ def lsuv(model, output, data, inputs, batch, tol, max_iters, seed, rules, device
         _fail(exc, debug)
 
 
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help=".npz with inputs and labels (held-out split: <key>_test arrays, else --test-fraction).")
+@click.option("--labels", default="y", show_default=True, help="Key of the class labels in the data.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=KEY", help="Feed model input NAME from array KEY.")
+@click.option("--output-name", help="The logits output (default: the first graph output).")
+@click.option("--steps", type=click.IntRange(1), default=200, show_default=True)
+@click.option("--batch", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.01, show_default=True)
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
+@click.option("--seeds", type=click.IntRange(1), default=3, show_default=True,
+              help="Runs per model; seed k fixes the batch order, the same for every model.")
+@click.option("--loss", type=click.Choice(["ce", "mse"]), default="ce", show_default=True)
+@click.option("--test-fraction", type=float, default=0.2, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Loss curves as a PNG.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Every run's losses and accuracy.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def compare(models, data, labels, inputs, output_name, steps, batch, lr, optimizer, seeds, loss, test_fraction,
+            device, plot_path, json_path, debug):
+    """Train MODELS from their own weights the same way (ONNX Runtime training) and compare them."""
+    import json
+
+    from .compare import checkpoints, compare as run, plot, table
+    try:
+        input_map = {key: name for name, key in _input_map(inputs).items()}
+        with click.progressbar(length=len(models) * seeds * steps, label="training", file=sys.stderr) as bar:
+            results = run(models, data, steps=steps, batch=batch, lr=lr, optimizer=optimizer, seeds=seeds,
+                          labels=labels, input_map=input_map or None, output_name=output_name, loss=loss,
+                          test_fraction=test_fraction, device=device,
+                          progress=lambda *args: bar.update(1))
+        click.echo(table(results, steps))
+        if plot_path:
+            plot(results, plot_path)
+            click.echo(f"plot written to {plot_path}")
+        if json_path:
+            report = {"schema": "onnxinit-compare", "schema_version": 1,
+                      "options": {"steps": steps, "batch": batch, "lr": lr, "optimizer": optimizer, "seeds": seeds,
+                                  "loss": loss, "data": str(data)},
+                      "models": [r.as_dict(checkpoints(steps)) for r in results]}
+            save_text(json_path, json.dumps(report, indent=2, allow_nan=True))
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - one line and exit 2 (130 on Ctrl-C)
+        _fail(exc, debug)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the new model.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--direction", type=click.Choice(["forward", "backward"]), default="forward", show_default=True,
+              help="forward: g = sqrt(gamma fan_in/fan_out) (signal forward); backward: g = sqrt(gamma).")
+@click.option("--explain", is_flag=True, help="One line per layer: its role, gamma and gain.")
+@click.option("--rules", "rules", type=click.Path(path_type=Path), multiple=True, help="Extra rule table (TOML).")
+@_output_options
+def wninit(model, output, seed, direction, explain, rules, external_data, in_place, json_path, quiet, debug):
+    """Arpit et al.'s WN/ResNet init: orthogonal weights, gains by role in the residual blocks found."""
+    from .model_io import save_model
+    from .wn_api import describe, wninit as run
+    try:
+        _refuse_overwrite(model, output, in_place)
+        new, result = run(model, seed=seed, direction=direction, rules=rules, return_report=True)
+        save_model(new, output, external_data=True if external_data else None)
+        result.output = str(output)
+        if json_path:
+            save_text(json_path, result.to_json())
+        if not quiet:
+            click.echo(describe(result, explain=explain))
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - one line and exit 2 (130 on Ctrl-C)
+        _fail(exc, debug)
+
+
 @cli.command("export-weights")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,

@@ -118,7 +118,8 @@ def main(argv=None) -> int:
                 ["inspect", str(case), "--measure", "--batch", "2"],
                 ["init", str(case), "-o", str(out), "-q", "--scheme", rng.choice(SCHEMES)],
                 ["lsuv", str(case), "-o", str(out), "-q", "--data", str(inputs), "--batch", "4"],
-                ["export-weights", str(case), "-o", str(weights), "-q"]])
+                ["export-weights", str(case), "-o", str(weights), "-q"],
+                ["wninit", str(case), "-o", str(out), "-q"]])
             out = weights if command[0] == "export-weights" else out
             signal.alarm(args.limit)
             try:

@@ -297,8 +297,6 @@ def test_152_layers_stay_finite_where_he_init_explodes(tmp_path):
 
 
 def test_cli_wninit_prints_structure_and_writes_json(tmp_path):
-    import json
-
     from click.testing import CliRunner
 
     from onnxinit.cli import cli

@@ -8,14 +8,35 @@ from pathlib import Path
 from .errors import OnnxInitError
 
 
-def plot_variance(inspections, labels, path, title: str | None = None) -> None:
-    """Write a PNG: one line per model (measured variance where measured, else predicted)."""
+def _pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise OnnxInitError("--plot needs matplotlib: pip install 'onnxinit[plot]'") from exc
+    return plt
+
+
+def _save(fig, path) -> None:
+    """The figure as a PNG at ``path``, written atomically (temp file in the same folder)."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OnnxInitError(f"{path}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".onnxinit-", suffix=".png", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, dpi=110, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot_variance(inspections, labels, path, title: str | None = None) -> None:
+    """Write a PNG: one line per model (measured variance where measured, else predicted)."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 5))
     for inspection, label in zip(inspections, labels):
         rows = inspection.rows
@@ -37,17 +58,7 @@ def plot_variance(inspections, labels, path, title: str | None = None) -> None:
     ax.legend(loc="best", fontsize=8)
     ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OnnxInitError(f"{path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".onnxinit-", suffix=".png", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, dpi=110, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        _save(fig, path)
     finally:
         plt.close(fig)

@@ -231,6 +231,99 @@ def wninit(model, output, seed, direction, explain, rules, external_data, in_pla
         _fail(exc, debug)
 
 
+def _gamma(value: str):
+    if value == "auto":
+        return value
+    try:
+        gamma = float(value)
+    except ValueError:
+        raise click.BadParameter("a positive number or 'auto'") from None
+    if not gamma > 0:
+        raise click.BadParameter("a positive number or 'auto'")
+    return gamma
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Where to write the new model.")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help=".npz of model inputs and labels.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=KEY", help="Feed model input NAME from array KEY.")
+@click.option("--labels", default="y", show_default=True, help="Key of the labels (class indices; targets for mse).")
+@click.option("--output-name", help="The logits output (default: the first graph output).")
+@click.option("--iters", type=click.IntRange(0), default=100, show_default=True,
+              help="T, NIO iterations (the authors' run: 100).")
+@click.option("--batch", type=click.IntRange(2), default=128, show_default=True, help="Samples per iteration.")
+@click.option("--subbatches", type=click.IntRange(2), default=4, show_default=True,
+              help="D, sub-batches of each batch (authors: 4).")
+@click.option("--overlap", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+              help="r, overlap of neighbouring sub-batches (Eq. 7; authors: 0.2).")
+@click.option("--gamma", default="10", show_default=True, callback=lambda ctx, p, v: _gamma(v),
+              help="Bound on the constrained gradient norm (authors: 10 on the mean sub-batch norm); "
+                   "auto: twice the starting norm.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.003, show_default=True,
+              help="tau, step on the coefficients (authors: Adam, 0.003).")
+@click.option("--variant", type=click.Choice(["authors", "paper"]), default="authors", show_default=True,
+              help="authors: their released run (off-diagonal GradCosine + sum of norms, Adam, clip 1, min 0.01 "
+                   "weights / 0 biases); paper: Algorithm 3 as written (max-norm constraint, plain steps).")
+@click.option("--start", type=click.Choice(["autoinit", "keep"]), default="autoinit", show_default=True,
+              help="autoinit: start from AutoInit's weights; keep: from the model's own.")
+@click.option("--loss", type=click.Choice(["ce", "mse"]), default="ce", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--export-training-graph", "training_graph", type=click.Path(path_type=Path),
+              help="Also write the training graph (forward, loss, gradients; weights as inputs) here.")
+@_output_options
+def nio(model, output, data, inputs, labels, output_name, iters, batch, subbatches, overlap, gamma, lr, variant,
+        start, loss, seed, device, training_graph, external_data, in_place, json_path, quiet, debug):
+    """NIO: one scale per weight tensor, raising GradCosine + gradient norm under a norm bound
+    (ONNX Runtime's training build)."""
+    import json
+
+    from .nio import nio as run
+    try:
+        _refuse_overwrite(model, output, in_place)
+        _check_output_folder(output)
+        input_map = {key: name for name, key in _input_map(inputs).items()}
+        with click.progressbar(length=iters, label="NIO", file=sys.stderr,
+                               item_show_func=lambda text: text) as bar:
+            def progress(it, gc, gn, max_norm):
+                bar.update(1, f"GC {gc:.4f}  GN {gn:.4g}  max norm {max_norm:.4g}")
+            new, report = run(model, data, input_map=input_map or None, labels=labels, output_name=output_name,
+                              iters=iters, batch=batch, subbatches=subbatches, overlap=overlap, gamma=gamma, lr=lr,
+                              seed=seed, start=start, variant=variant, loss=loss, device=device,
+                              progress=None if quiet else progress)
+        if training_graph:
+            from .train.graph import export_training_graph
+            export_training_graph(new, training_graph, output_name=output_name, loss=loss)
+        from .model_io import save_model
+        save_model(new, output, external_data=True if external_data else None)
+        if json_path:
+            document = {"schema": "onnxinit-nio", "schema_version": 1, "command": "nio", "model": str(model),
+                        "output": str(output), **report}
+            save_text(json_path, json.dumps(document, indent=2, default=float))
+        if not quiet:
+            click.echo(nio_summary(model, output, report))
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - one line and exit 2 (130 on Ctrl-C)
+        _fail(exc, debug)
+
+
+def nio_summary(model, output, report: dict) -> str:
+    b, a = report["before"], report["after"]
+    lines = [f"onnxinit nio: {model} -> {output}",
+             f"  GradCosine {b['gc']:.4f} -> {a['gc']:.4f}; gradient norm (B-GN) {b['gn']:.4g} -> {a['gn']:.4g}; "
+             f"constrained norm {b['mean_norm' if report['options']['variant'] == 'authors' else 'max_norm']:.4g} -> "
+             f"{a['mean_norm' if report['options']['variant'] == 'authors' else 'max_norm']:.4g} (gamma "
+             f"{report['gamma']:.4g})",
+             f"  {report['options']['iters']} iterations, {report['repair_steps']} repair steps, "
+             f"{report['seconds']:.1f} s on {', '.join(report['options']['providers'])}"]
+    if report.get("stopped"):
+        lines.append(f"  stopped: {report['stopped']}")
+    lines.append("  coefficient per weight tensor:")
+    for name, value in report["coefficients"].items():
+        lines.append(f"    {name}: {float(value):.4f}")
+    return "\n".join(lines)
+
+
 @cli.command("export-weights")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,

@@ -11,6 +11,18 @@ DEEP = {"resnet56_wn", "resnet56_nobn"}
 SAMPLES = [p for p in ALL_SAMPLES if p.stem not in MODERN | DEEP]
 
 
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """scikit-learn's digits (1797 8x8 images, shipped with the package) as an .npz: x (pixels / 16,
+    float32, 64 per row) and y (class indices)."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    path = tmp_path_factory.mktemp("digits") / "digits.npz"
+    np.savez(path, x=(d.data / 16.0).astype(np.float32), y=d.target)
+    return path
+
+
 @pytest.fixture(params=SAMPLES, ids=lambda p: p.stem)
 def sample(request):
     return request.param

@@ -20,14 +20,6 @@ SAMPLE = {p.stem: p for p in ALL_SAMPLES}
 pytestmark = pytest.mark.training
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    path = tmp_path_factory.mktemp("digits") / "digits.npz"
-    np.savez(path, x=(d.data / 16.0).astype(np.float32), y=d.target)
-    return path
-
 
 def _torch_run(module, data_path, steps, batch, lr, seed):
     """The loop of train/loop.py in PyTorch: same split, same batch order, plain SGD on mean CE."""

@@ -14,19 +14,11 @@ SAMPLE = {p.stem: p for p in ALL_SAMPLES}
 pytestmark = pytest.mark.training
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    path = tmp_path_factory.mktemp("digits") / "digits.npz"
-    np.savez(path, pixels=(d.data / 16.0).astype(np.float32), target=d.target)
-    return path
-
 
 def test_cli_nio_scales_each_tensor_once(digits, tmp_path):
     out, report, graph = tmp_path / "nio.onnx", tmp_path / "nio.json", tmp_path / "train.onnx"
     result = CliRunner().invoke(cli, ["nio", str(SAMPLE["mlp_relu_deep"]), "--data", str(digits), "-o", str(out),
-                                      "--input", "input=pixels", "--labels", "target", "--iters", "3",
+                                      "--input", "input=x", "--labels", "y", "--iters", "3",
                                       "--batch", "64", "--start", "keep", "--gamma", "auto", "--json", str(report),
                                       "--export-training-graph", str(graph)])
     assert result.exit_code == 0, result.output
@@ -45,10 +37,10 @@ def test_cli_nio_scales_each_tensor_once(digits, tmp_path):
 def test_cli_nio_bad_data(digits, tmp_path):
     runner = CliRunner()
     bad = tmp_path / "bad.npz"
-    np.savez(bad, pixels=np.zeros((8, 64), np.float32), target=np.full(8, 12))
-    for args in [["--data", str(bad), "--input", "input=pixels", "--labels", "target"],   # labels out of range
+    np.savez(bad, x=np.zeros((8, 64), np.float32), y=np.full(8, 12))
+    for args in [["--data", str(bad), "--input", "input=x", "--labels", "y"],   # labels out of range
                  ["--data", str(digits), "--labels", "nope"],                              # no such labels
-                 ["--data", str(digits), "--input", "input=pixels", "--labels", "target", "--gamma", "-1"]]:
+                 ["--data", str(digits), "--input", "input=x", "--labels", "y", "--gamma", "-1"]]:
         out = tmp_path / "x.onnx"
         result = runner.invoke(cli, ["nio", str(SAMPLE["mlp_relu_deep"]), "-o", str(out), "--iters", "1", *args])
         assert result.exit_code == 2, (args, result.output)

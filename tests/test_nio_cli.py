@@ -14,7 +14,6 @@ SAMPLE = {p.stem: p for p in ALL_SAMPLES}
 pytestmark = pytest.mark.training
 
 
-
 def test_cli_nio_scales_each_tensor_once(digits, tmp_path):
     out, report, graph = tmp_path / "nio.onnx", tmp_path / "nio.json", tmp_path / "train.onnx"
     result = CliRunner().invoke(cli, ["nio", str(SAMPLE["mlp_relu_deep"]), "--data", str(digits), "-o", str(out),

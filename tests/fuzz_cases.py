@@ -94,6 +94,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cases", type=int, default=500)
     parser.add_argument("--limit", type=int, default=30, help="seconds per case")
+    parser.add_argument("--training", action="store_true",
+                        help="the commands that need ONNX Runtime's training build (nio, compare) instead")
     args = parser.parse_args(argv)
     root = Path(__file__).resolve().parent.parent / "samples"
     sources = {name: (root / f"{name}.onnx").read_bytes() for name in SAMPLES}
@@ -111,9 +113,14 @@ def main(argv=None) -> int:
             case, out = Path(tmp) / "case.onnx", Path(tmp) / "out.onnx"
             case.write_bytes(data)
             inputs = Path(tmp) / "data.npz"
-            np.savez(inputs, **feeds[name])
+            labels = np.arange(len(next(iter(feeds[name].values())))) % 10
+            np.savez(inputs, **feeds[name], y=labels)
             weights = Path(tmp) / "weights.npz"
             command = rng.choice([
+                ["nio", str(case), "-o", str(out), "-q", "--data", str(inputs), "--iters", "1", "--batch", "4",
+                 "--subbatches", "2", "--gamma", "auto"],
+                ["compare", str(case), "--data", str(inputs), "--steps", "2", "--batch", "2", "--seeds", "1",
+                 "--test-fraction", "0.5"]]) if args.training else rng.choice([
                 ["autoinit", str(case), "-o", str(out), "--quiet"], ["check", str(case)], ["inspect", str(case)],
                 ["inspect", str(case), "--measure", "--batch", "2"],
                 ["init", str(case), "-o", str(out), "-q", "--scheme", rng.choice(SCHEMES)],
@@ -143,7 +150,7 @@ def main(argv=None) -> int:
                 bad.append(f"case {i} ({name}, {command[0]}): {problem}")
             elif result is not None:
                 counts[result.exit_code] += 1
-    print(f"fuzz: {args.cases} cases in {time.time() - start:.0f} s; exit 0: {counts[0]}, exit 1: {counts[1]}, "
+    print(f"fuzz{' (training commands)' if args.training else ''}: {args.cases} cases in {time.time() - start:.0f} s; exit 0: {counts[0]}, exit 1: {counts[1]}, "
           f"exit 2: {counts[2]}; tracebacks, hangs or partial files: {len(bad)}")
     for line in bad:
         print("  " + line)

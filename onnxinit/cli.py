@@ -268,13 +268,16 @@ def _gamma(value: str):
 @click.option("--start", type=click.Choice(["autoinit", "keep"]), default="autoinit", show_default=True,
               help="autoinit: start from AutoInit's weights; keep: from the model's own.")
 @click.option("--loss", type=click.Choice(["ce", "mse"]), default="ce", show_default=True)
+@click.option("--differences", type=click.Choice(["central", "forward"]), default="central", show_default=True,
+              help="Hessian-vector products by central differences of gradients (2D gradient runs, ~1e-4 "
+                   "relative error) or forward ones (D runs, ~3e-4; faster).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--export-training-graph", "training_graph", type=click.Path(path_type=Path),
               help="Also write the training graph (forward, loss, gradients; weights as inputs) here.")
 @_output_options
 def nio(model, output, data, inputs, labels, output_name, iters, batch, subbatches, overlap, gamma, lr, variant,
-        start, loss, seed, device, training_graph, external_data, in_place, json_path, quiet, debug):
+        start, loss, differences, seed, device, training_graph, external_data, in_place, json_path, quiet, debug):
     """NIO: one scale per weight tensor, raising GradCosine + gradient norm under a norm bound
     (ONNX Runtime's training build)."""
     import json
@@ -291,7 +294,7 @@ def nio(model, output, data, inputs, labels, output_name, iters, batch, subbatch
             new, report = run(model, data, input_map=input_map or None, labels=labels, output_name=output_name,
                               iters=iters, batch=batch, subbatches=subbatches, overlap=overlap, gamma=gamma, lr=lr,
                               seed=seed, start=start, variant=variant, loss=loss, device=device,
-                              progress=None if quiet else progress)
+                              differences=differences, progress=None if quiet else progress)
         if training_graph:
             from .train.graph import export_training_graph
             export_training_graph(new, training_graph, output_name=output_name, loss=loss)

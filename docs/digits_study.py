@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 import onnxinit  # noqa: E402
 from onnxinit.api import autoinit  # noqa: E402
 from onnxinit.classic import init as classic_init  # noqa: E402
-from onnxinit.compare import ModelRuns, Run, checkpoints, compare, plot, table  # noqa: E402
+from onnxinit.compare import ModelRuns, Run, compare, plot, table  # noqa: E402
 from onnxinit.lsuv import lsuv  # noqa: E402
 from onnxinit.model_io import save_model  # noqa: E402
 from onnxinit.wn_api import wninit  # noqa: E402

@@ -467,7 +467,8 @@ def save_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".onnxinit-", dir=path.parent if str(path.parent) else ".")
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    os.replace(tmp, path)
+    from .model_io import publish
+    publish(tmp, path)
 
 
 def _interrupted():

@@ -119,6 +119,11 @@ def compare(models, data, steps: int = 200, batch: int = 64, lr: float = 0.01, o
     return results
 
 
+def _number(value: float, digits: int = 4) -> str:
+    """Fixed point while it fits the column, else scientific (a loss on its way to diverging)."""
+    return f"{value:.{digits}f}" if abs(value) < 1e4 else f"{value:.2e}"
+
+
 def table(results: list[ModelRuns], steps: int) -> str:
     """Loss at the checkpoints and final held-out accuracy, mean ± std over seeds."""
     marks = checkpoints(steps)
@@ -129,7 +134,7 @@ def table(results: list[ModelRuns], steps: int) -> str:
         cells = []
         for s in marks:
             mean, std = r.loss_at(s)
-            cells.append(f"{'diverged':>17}" if np.isnan(mean) else f"{mean:>9.4f} ± {std:<5.3f}")
+            cells.append(f"{'diverged':>17}" if np.isnan(mean) else f"{_number(mean):>9} ± {_number(std, 3):<5}")
         mean, std = r.accuracy()
         acc = f"{'-':>17}" if np.isnan(mean) else f"{mean:>9.4f} ± {std:<5.3f}"
         lines.append(f"{r.name:<{width}}" + "".join(cells) + acc + f"  {r.diverged}/{len(r.runs)}")

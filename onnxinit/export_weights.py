@@ -31,7 +31,7 @@ from onnx import numpy_helper
 
 from .errors import OnnxInitError
 from .graph import FLOAT_TYPES, Graph
-from .model_io import _temp_in
+from .model_io import _temp_in, publish
 
 PARAMETER_NAME = re.compile(r"^\w+(\.\w+)*$")
 SAFETENSORS_DTYPES = {onnx.TensorProto.FLOAT: "F32", onnx.TensorProto.FLOAT16: "F16",
@@ -162,5 +162,5 @@ def export_weights(model: onnx.ModelProto, output, names: str = "onnx") -> list[
                                      {"format": "pt", "onnxinit.names": names, "onnxinit.mapping": mapping}))
             else:
                 np.savez(f, __mapping__=np.array(mapping), **{k: _npz_array(*item) for k, item in items.items()})
-        tmp.replace(output)
+        publish(tmp, output)
     return entries

@@ -177,6 +177,15 @@ def data_file_name(output: Path) -> str:
     return output.name + ".data"
 
 
+def publish(tmp, destination) -> None:
+    """Rename a finished temp file onto ``destination`` with the permissions a new file gets
+    under the umask (mkstemp makes it 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+    os.replace(tmp, destination)
+
+
 @contextmanager
 def _temp_in(folder: Path, suffix: str):
     fd, name = tempfile.mkstemp(prefix=".onnxinit-", suffix=suffix, dir=folder)
@@ -275,12 +284,12 @@ def save_model(model: onnx.ModelProto, output, external_data: bool | None = None
         if not external_data:
             _inline_deferred(model)
             tmp_model.write_bytes(model.SerializeToString())
-            os.replace(tmp_model, output)
+            publish(tmp_model, output)
             return [output]
         location = data_file_name(output)
         _inline_deferred(model, initializers=False)
         with _temp_in(folder, ".data") as tmp_data:
             tmp_model.write_bytes(_serialize_with_external_data(model, tmp_data, location))
-            os.replace(tmp_data, folder / location)
-            os.replace(tmp_model, output)
+            publish(tmp_data, folder / location)
+            publish(tmp_model, output)
     return [output, folder / location]

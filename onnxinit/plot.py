@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import OnnxInitError
+from .model_io import publish
 
 
 def _pyplot():
@@ -28,7 +29,7 @@ def _save(fig, path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, dpi=110, format="png")
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

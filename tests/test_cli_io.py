@@ -81,3 +81,16 @@ def test_external_data_output_roundtrip(tmp_path):
     assert (tmp_path / "big.onnx.data").exists()
     import onnxruntime as ort
     ort.InferenceSession(str(out))
+
+
+def test_outputs_get_the_umask_permissions(tmp_path):
+    """Atomic writes go through mkstemp (0600); the renamed output must be readable as any new file."""
+    import os
+    mask = os.umask(0o022)
+    try:
+        r = run("autoinit", SAMPLES[0], "-o", tmp_path / "out.onnx", "--external-data", "--json", tmp_path / "r.json")
+        assert r.returncode == 0, r.stderr
+    finally:
+        os.umask(mask)
+    for name in ("out.onnx", "out.onnx.data", "r.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name

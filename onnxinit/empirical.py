@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 
 from .errors import OnnxInitError
 from .graph import Graph
-from .measure import _runtime, data_feeds, gaussian_feeds, providers
+from .measure import _runtime, data_feeds, default_opset, gaussian_feeds, providers, seed_random_ops
 
 
 def _session(model: onnx.ModelProto, weights, outputs, device):
@@ -36,6 +36,7 @@ def _session(model: onnx.ModelProto, weights, outputs, device):
     for name in outputs:
         if name not in present:
             light.graph.output.append(onnx.ValueInfoProto(name=name))
+    seed_random_ops(light.graph, default_opset(light))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(light.SerializeToString(), options, providers=providers(device))

@@ -28,6 +28,40 @@ def with_outputs(model: onnx.ModelProto, names) -> onnx.ModelProto:
     return copy
 
 
+RANDOM_OPS = {"Dropout", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+              "Bernoulli", "Multinomial"}
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def seed_random_ops(graph: onnx.GraphProto, opset: int, seed: int = 0) -> list:
+    """Give every random op without a ``seed`` attribute a fixed one, so measurements repeat.
+
+    ONNX Runtime otherwise draws a training-mode Dropout's mask from a process-wide
+    generator: the same model measured twice would give different moments.
+    Dropout has the attribute from opset 12. Returns the nodes changed, for ``unseed_random_ops``.
+    """
+    added = []
+    for index, node in enumerate(graph.node):
+        if node.domain in ("", "ai.onnx") and node.op_type in RANDOM_OPS and \
+                not (node.op_type == "Dropout" and opset < 12) and \
+                not any(a.name == "seed" for a in node.attribute):
+            value = float(seed + index) if node.op_type != "Dropout" else seed + index
+            node.attribute.append(onnx.helper.make_attribute("seed", value))
+            added.append(node)
+    return added
+
+
+def unseed_random_ops(nodes) -> None:
+    """Remove the ``seed`` attributes ``seed_random_ops`` added."""
+    for node in nodes:
+        kept = [a for a in node.attribute if a.name != "seed"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+
+
 def _index_range(model: onnx.ModelProto, name: str) -> int:
     """Token ids: the row count of a table an input indexes with Gather (2 when none is found)."""
     tables = {t.name: t for t in model.graph.initializer}
@@ -113,15 +147,18 @@ def _session_source(model: onnx.ModelProto, names, model_path):
         light = onnx.load_model(str(model_path), load_external_data=False)
         if any(t.data_location == onnx.TensorProto.EXTERNAL for t in light.graph.initializer):
             if len(light.graph.node) == len(model.graph.node):
+                seed_random_ops(light.graph, default_opset(light))
                 return with_outputs(light, names).SerializeToString(), str(Path(model_path).resolve().parent)
     present = {o.name for o in model.graph.output}
     added = [n for n in dict.fromkeys(names) if n not in present]
     for name in added:   # on the model itself for the time of one serialization: no copy of the weights
         model.graph.output.append(onnx.ValueInfoProto(name=name))
+    seeded = seed_random_ops(model.graph, default_opset(model))
     try:
         return model.SerializeToString(), None
     finally:
         del model.graph.output[len(model.graph.output) - len(added):]
+        unseed_random_ops(seeded)
 
 
 def measure(model: onnx.ModelProto, names, feeds: dict, model_path=None, device: str = "auto") -> dict:

@@ -18,7 +18,7 @@ from .schemes.classic import SCHEMES, ClassicScheme, Draw
 
 
 def _shape(graph: Graph, name: str) -> tuple:
-    return tuple(int(d) for d in graph.weight_tensor(name).dims)
+    return graph.weight_shape(name)[0]
 
 
 def draw_all(graph: Graph, table: RuleTable, scheme: ClassicScheme) -> list[Draw]:
@@ -26,8 +26,11 @@ def draw_all(graph: Graph, table: RuleTable, scheme: ClassicScheme) -> list[Draw
     draws, done = [], set()
 
     def store(name, value, draw):
+        sources = graph.payload_names(name)
+        if sources and all(s in done for s in sources):
+            return   # the same tensor reached through Identity (an exporter sharing equal constants)
         graph.replace_payload(name, value)
-        done.add(name)
+        done.update([name] + sources)
         draws.append(draw)
 
     for layer in weighted_layers(graph, table):

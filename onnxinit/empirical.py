@@ -6,7 +6,8 @@ rebuild). In graph order, each layer's output is measured on the batch
 (Gaussian input, or ``data``) and its weight multiplied by 1/sqrt(E[y^2]) so
 the measured E[y^2] is 1; later layers are measured with the earlier ones
 already rescaled. Biases are zero after AutoInit, so y scales with the weight
-(with the g of a weight-normalized layer, w = g·v/‖v‖).
+(with the g of a weight-normalized layer, w = g·v/‖v‖; with the initializer behind a
+transpose or reshape, weightview.py).
 """
 from __future__ import annotations
 
@@ -50,9 +51,14 @@ def calibrate(model: onnx.ModelProto, layers, batch: int = 64, data=None, input_
     graph = Graph(model)
     scaled = {}   # layer weight -> the initializer it is linear in (itself, or a weight norm's g)
     for r in layers:
-        wn = graph.weight_norm(r.weight) if r.weight not in tensors else None
-        if r.weight in tensors or wn is not None:
-            scaled[r.weight] = r.weight if wn is None else wn.g
+        view = graph.weight_view(r.weight) if r.weight not in tensors else None
+        wn = graph.weight_norm(r.weight) if r.weight not in tensors and view is None else None
+        if r.weight in tensors:
+            scaled[r.weight] = r.weight
+        elif view is not None and view.source in tensors:
+            scaled[r.weight] = view.source     # W is the source, moved: linear in it
+        elif wn is not None:
+            scaled[r.weight] = wn.g
     layers = [r for r in layers if r.weight in scaled and r.node in outputs]
     if not layers:
         return []

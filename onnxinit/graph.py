@@ -43,6 +43,7 @@ class Graph:
         self.dims_override: dict[str, list] = {}         # static dims worked out during propagation
         self.spill = None                                # model_io.Spill: where large new payloads go
         self._weight_norms: dict = {}                    # computed weight -> weightnorm.WeightNorm or None
+        self._weight_views: dict = {}                    # computed weight -> weightview.WeightView or None
 
     def _topological_order(self):
         nodes = list(self.graph.node)
@@ -165,12 +166,43 @@ class Graph:
         return name in self.initializers or name in self.constant_nodes or name in self._values
 
     def is_weight(self, name: str) -> bool:
-        """A float initializer, the float output of a Constant node, or a weight norm's output."""
+        """A float initializer, the float output of a Constant node, a view of one (weightview.py)
+        or a weight norm's output."""
         if name in self.initializers:
             return self.initializers[name].data_type in FLOAT_TYPES
         if name in self.constant_nodes:
             return self.elem_type(name) in FLOAT_TYPES
-        return self.weight_norm(name) is not None
+        return self.weight_view(name) is not None or self.weight_norm(name) is not None
+
+    def weight_view(self, name: str):
+        """The transpose / reshape chain feeding a weight tensor to ``name`` (weightview.py), or None."""
+        if name not in self._weight_views:
+            from .weightview import detect
+            self._weight_views[name] = detect(self, name) if name in self.producer else None
+        return self._weight_views[name]
+
+    def weight_shape(self, name: str):
+        """(shape, numpy dtype) of a weight, without reading its values; None if unknown."""
+        tensor = self.weight_tensor(name)
+        if tensor is not None:
+            if tensor.data_type == onnx.TensorProto.BFLOAT16:
+                return None
+            return tuple(int(d) for d in tensor.dims), np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        view = self.weight_view(name)
+        if view is not None:
+            return view.shape, view.dtype
+        norm = self.weight_norm(name)
+        return None if norm is None or not norm.shape else (norm.shape, None)
+
+    def payload_names(self, name: str) -> list:
+        """The tensors whose payload a weight is stored in: itself, a view's source, a weight norm's v and g."""
+        if self.weight_tensor(name) is not None:
+            return [name]
+        view = self.weight_view(name)
+        if view is not None:
+            return [view.source]
+        norm = self.weight_norm(name)
+        return [norm.v, norm.g] if norm is not None else []
 
     def weight_norm(self, name: str):
         """The weight-norm subgraph computing ``name`` (w = g·v/‖v‖, weightnorm.py), or None."""
@@ -198,7 +230,8 @@ class Graph:
         if tensor is None:
             node = self.constant_nodes.get(name)
             if node is None:
-                return None
+                view = self.weight_view(name) if name in self.producer else None
+                return None if view is None else view.evaluate(self)
             from .op_eval import run_node
             try:
                 value = run_node(node, [], self.opsets)[0]
@@ -217,8 +250,12 @@ class Graph:
         through its v and g."""
         tensor = self.weight_tensor(name)
         if tensor is None:
-            self.weight_norm(name).write(self, value)
-            self._values[name] = np.asarray(value)
+            view = self.weight_view(name)
+            (view or self.weight_norm(name)).write(self, value)
+            if np.asarray(value).nbytes <= CACHE_LIMIT:
+                self._values[name] = np.asarray(value)
+            else:
+                self._values.pop(name, None)
             return
         target = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
         value = np.ascontiguousarray(np.asarray(value).astype(target, copy=False)).reshape(tuple(tensor.dims))

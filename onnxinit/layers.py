@@ -68,8 +68,8 @@ def _weight_input(node, rule, graph: Graph):
 
 
 def _shape(graph: Graph, name: str) -> tuple:
-    tensor = graph.weight_tensor(name)
-    return tuple(int(d) for d in tensor.dims) if tensor is not None else ()
+    known = graph.weight_shape(name)
+    return known[0] if known is not None else ()
 
 
 def _following_bias(node, out_units: int, graph: Graph):

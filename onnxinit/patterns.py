@@ -192,8 +192,13 @@ def find_layers(graph: Graph, table: RuleTable) -> tuple[list, list]:
             if weight in graph.producer:
                 skipped.append((name, f"weight {weight!r} is computed by ops that are not a weight norm"))
             continue
-        wn = graph.weight_norm(weight) if graph.weight_tensor(weight) is None else None
-        shape = wn.shape if wn is not None else tuple(graph.weight_tensor(weight).dims)
+        wn = graph.weight_norm(weight) if graph.weight_tensor(weight) is None and \
+            graph.weight_view(weight) is None else None
+        known = graph.weight_shape(weight)
+        if known is None:
+            skipped.append((name, f"weight {weight!r} has no known shape"))
+            continue
+        shape = known[0]
         attrs = attributes(node)
         group_attr = rule.get("group_attr")
         layout = Layout(rule.get("fan_in"), shape, groups=int(attrs.get(group_attr, 1)) if group_attr else 1,

@@ -101,8 +101,8 @@ def _reset_normalization(graph: Graph, done: set) -> list:
             continue
         for index, fill in NORMALIZATION_FILLS:
             name = node.input[index] if index < len(node.input) else ""
-            if name and name not in done and graph.weight_tensor(name) is not None and graph.is_weight(name):
-                graph.replace_payload(name, np.full(tuple(graph.weight_tensor(name).dims), fill))
+            if name and name not in done and graph.is_weight(name) and graph.weight_shape(name) is not None:
+                graph.replace_payload(name, np.full(graph.weight_shape(name)[0], fill))
                 done.add(name)
                 reset.append(name)
     return reset
@@ -145,8 +145,8 @@ def wninit(model_or_path, seed: int = 0, direction: str = "forward", return_repo
             wn = layer.weight_norm
             graph.replace_payload(layer.weight, weights(layer, seed, g, wn.v if wn else layer.weight))
             done.add(layer.weight)
-            if layer.bias and layer.bias not in done and graph.weight_tensor(layer.bias) is not None:
-                graph.replace_payload(layer.bias, np.zeros(tuple(graph.weight_tensor(layer.bias).dims)))
+            if layer.bias and layer.bias not in done and graph.weight_shape(layer.bias) is not None:
+                graph.replace_payload(layer.bias, np.zeros(graph.weight_shape(layer.bias)[0]))
                 done.add(layer.bias)
             records.append(LayerInit(
                 layer.name, layer.node.op_type, layer.weight, tuple(layer.layout.shape), layer.role, layer.stage,

@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 
 from ..layouts import Layout, conv_transpose_tap_fraction
 from ..moments import Moments
@@ -139,9 +138,9 @@ def _find_inputs(node, rule, ctx):
 def _shape_and_dtype(weight: str, ctx) -> tuple:
     """A weight's shape and numpy dtype, from its TensorProto when it has one (a large weight
     is not read just for that)."""
-    tensor = ctx.graph.weight_tensor(weight)
-    if tensor is not None and tensor.data_type != onnx.TensorProto.BFLOAT16:
-        return tuple(int(d) for d in tensor.dims), np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    known = ctx.graph.weight_shape(weight)
+    if known is not None and known[1] is not None:
+        return known
     current = ctx.value(weight)
     if current is None:
         raise Unsupported(f"weight {weight!r} has no readable value")

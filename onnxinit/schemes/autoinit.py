@@ -96,11 +96,15 @@ class AutoInit:
         return self._prefetch.take(layer.weight, out * fan * taps)
 
     def _store(self, name: str, value: np.ndarray) -> None:
-        self.new_values.add(name)
+        self.new_values.update([name] + self.graph.payload_names(name))
         self.graph.replace_payload(name, value)
 
+    def _written(self, name: str) -> bool:
+        """Has this weight, or a tensor its payload lives in, been written already?"""
+        return any(n in self.new_values for n in [name] + self.graph.payload_names(name))
+
     def draw_weighted(self, layer, ctx) -> None:
-        if layer.weight in self.new_values:
+        if self._written(layer.weight):
             ctx.warn(f"weight {layer.weight!r} is shared by several layers; drawn once, for its first use")
             return
         second = layer.effective_second_moment
@@ -121,7 +125,7 @@ class AutoInit:
         c *= np.float32(factor)
         layer.rescale_stats(factor)
         self._store(layer.weight, layer.layout.from_canonical(c).astype(layer.dtype, copy=False))
-        if layer.bias and self.graph.weight_tensor(layer.bias) is not None and layer.bias not in self.new_values:
+        if layer.bias and self.graph.payload_names(layer.bias) and not self._written(layer.bias):
             self._store(layer.bias, np.zeros_like(self.graph.constant_value(layer.bias)))
 
     def draw_embedding(self, name: str, table: np.ndarray, ctx) -> None:

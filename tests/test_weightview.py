@@ -1,0 +1,70 @@
+"""Weights reaching their layer through Cast / Reshape / Transpose / Identity (weightview.py)."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxinit
+from onnxinit.graph import Graph
+from onnxinit.measure import gaussian_feeds, measure
+
+
+def _model():
+    """x (N, 6) @ Transpose(Reshape(Cast(W16 (4, 3, 2) -> float), (4, 6))) -> Relu -> Gemm(transB) via Identity."""
+    rng = np.random.default_rng(0)
+    w16 = numpy_helper.from_array(rng.standard_normal((4, 3, 2)).astype(np.float16), "w16")
+    shape = numpy_helper.from_array(np.array([4, 6], np.int64), "shape")
+    head = numpy_helper.from_array(rng.standard_normal((5, 4)).astype(np.float32), "head")
+    nodes = [
+        helper.make_node("Cast", ["w16"], ["w32"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["w32", "shape"], ["w2d"]),
+        helper.make_node("Transpose", ["w2d"], ["wt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "wt"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Identity", ["head"], ["head_shared"]),
+        helper.make_node("Gemm", ["r", "head_shared"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(nodes, "views", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+                              [w16, shape, head])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def _run(model, names):
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    session = ort.InferenceSession(copy.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip(names, session.run(names, {"x": np.zeros((1, 6), np.float32)})))
+
+
+def test_view_reads_and_writes_what_the_layer_multiplies():
+    model = _model()
+    graph = Graph(model)
+    view = graph.weight_view("wt")
+    assert view is not None and view.source == "w16" and view.shape == (6, 4) and view.dtype == np.float32
+    assert graph.is_weight("wt") and graph.payload_names("wt") == ["w16"]
+    np.testing.assert_array_equal(view.evaluate(graph), _run(model, ["wt"])["wt"])
+    new = np.arange(24, dtype=np.float32).reshape(6, 4) / 8   # exact in float16
+    graph.replace_payload("wt", new)
+    np.testing.assert_array_equal(_run(model, ["wt"])["wt"], new)
+    assert [t.data_type for t in model.graph.initializer if t.name == "w16"] == [TensorProto.FLOAT16]
+
+
+def test_a_runtime_shape_is_not_a_view():
+    model = _model()
+    node = next(n for n in model.graph.node if n.op_type == "Reshape")
+    node.input[1] = "runtime_shape"
+    model.graph.node.insert(0, helper.make_node("Shape", ["x"], ["runtime_shape"]))
+    assert Graph(model).weight_view("wt") is None
+
+
+def test_autoinit_initializes_both_layers_through_their_views():
+    model, report = onnxinit.autoinit(_model(), seed=3, return_report=True)
+    assert [r.weight for r in report.layers] == ["wt", "head_shared"]
+    measured = measure(model, ["h", "y"], gaussian_feeds(model, 4096, np.random.default_rng(0)))
+    for name in ("h", "y"):
+        mean, var = measured[name]
+        assert abs(mean) < 0.1 and 0.85 <= var <= 1.15, (name, mean, var)

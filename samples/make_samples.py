@@ -270,6 +270,8 @@ SAMPLES = {
     "resnet20_bn_train": (lambda: (CifarResNet(norm=True), (3, 32, 32)), True),
     "bert_tiny": (lambda: (TinyBert(), (16,), 1000), False),
     "gpt_tiny": (lambda: (TinyGpt(), (16,), 1000), False),
+    # 4 blocks, training mode without constant folding: Linear weights reach MatMul through Transpose
+    "bert_train": (lambda: (TinyBert(layers=4), (16,), 1000), True),
     "convnext_tiny": (lambda: (ConvNeXtTiny(), (3, 32, 32)), False),
     "mbconv_se": (mbconv_net, False),
     "densenet_block": (densenet_block, False),

@@ -32,16 +32,51 @@ def test_bert_autoinit_rules_every_op_and_runs():
     assert np.all(np.isfinite(out)) and 0.1 < out.var() < 10
 
 
-def test_bert_first_block_predicted():
-    """Embeddings, LayerNorm, the first attention block and its MLP within 10% of ONNX Runtime.
-
-    Known gap: the second block's attention output is under-predicted (tokens
-    mixed by the first attention are correlated across positions, which the
-    product rule for MatMul between activations does not follow)."""
-    model, report = onnxinit.autoinit(BERT, seed=1, return_report=True)
+def _predicted_and_measured(path, seed=1, batch=256):
+    model, report = onnxinit.autoinit(path, seed=seed, return_report=True)
     outputs = {n.name: n.output[0] for n in model.graph.node}
-    first = report.layers[:4]   # qkv, proj, fc1, fc2 of the first block
-    measured = measure(model, [outputs[r.node] for r in first], gaussian_feeds(model, 256, np.random.default_rng(0)))
-    for r in first:
-        mean, var = measured[outputs[r.node]]
-        assert abs(r.output.var - var) <= 0.1 * var, (r.node, r.output.var, var)
+    names = [outputs[r.node] for r in report.layers]
+    measured = measure(model, names, gaussian_feeds(model, batch, np.random.default_rng(0)))
+    return model, report, [(r, measured[n][1]) for r, n in zip(report.layers, names)]
+
+
+def test_bert_every_block_predicted():
+    """Both blocks of the BERT-style export within 10% of ONNX Runtime (the 10-unit head 15%).
+
+    The second block's attention reads tokens the first one mixed: its values share a part
+    constant over the keys, which the softmax-weighted average keeps whole (before the
+    attention_mix rule, the projection after it measured 2.7 for a predicted 1)."""
+    _, report, layers = _predicted_and_measured(BERT)
+    assert len(layers) == 9
+    for r, var in layers:
+        tolerance = 0.15 if r.op_type == "Gemm" else 0.1   # the 10-unit head: few units, more spread
+        assert abs(r.output.var - var) <= tolerance * var, (r.node, r.output.var, var)
+
+
+def test_training_mode_transformer_weights_through_transpose():
+    """A training-mode export without constant folding feeds every Linear weight to its MatMul
+    through a Transpose: all 16 are initialized (written into the initializer behind the
+    Transpose, the right way round) and measure in [0.8, 1.35]; predictions within 10% for the first two blocks and
+    30% for the last two, where the part of the signal the attentions made equal across tokens
+    grows and our per-channel statistics, which treat channels as independent, follow a
+    64-wide realized network less closely (BERT-base, 768 wide: within 5%, README)."""
+    path = next(p for p in ALL_SAMPLES if p.stem == "bert_train")
+    original = onnx.load(path)
+    model, report, layers = _predicted_and_measured(path)
+    matmuls = [r for r in report.layers if r.op_type == "MatMul"]
+    assert len(matmuls) == 16 and all(r.weight.endswith("Transpose_output_0") for r in matmuls)
+    before = {t.name: onnx.numpy_helper.to_array(t) for t in original.graph.initializer}
+    after = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    producers = {n.output[0]: n for n in model.graph.node}
+    for r in matmuls:
+        source = producers[r.weight].input[0]
+        assert not np.array_equal(before[source], after[source]), source
+        w = after[source].T.astype(np.float64)                     # what the MatMul multiplies: (in, out)
+        # AutoInit centers every input's weights across the output units; written the wrong
+        # way round, the sums would be over the inputs instead
+        assert np.abs(w.sum(axis=1)).max() < 1e-4 * np.abs(w).max(), r.node
+        assert np.abs(w.sum(axis=0)).max() > 1e-2 * np.abs(w).max(), r.node
+    for i, (r, var) in enumerate(layers):
+        assert 0.8 <= var <= 1.35, (r.node, var)
+        tolerance = 0.1 if i < 8 else 0.3
+        assert abs(r.output.var - var) <= tolerance * var, (r.node, r.output.var, var)

@@ -52,15 +52,18 @@ def _root_limit(sites: int) -> int:
 def fit_budget(inputs, rank: int, names, out: str, ctx):
     """Signal inputs made to fit one grid within the budget.
 
-    Too many roots for the sites: signal inputs become fresh Gaussians (same
-    per-site moments); too many nodes: roots are resampled on fewer nodes
+    Too many roots for the sites, where combining the inputs adds roots: signal inputs
+    become fresh Gaussians (same per-site moments); too many nodes: roots are resampled on fewer nodes
     (the shape of a non-Gaussian input is kept).
     """
     for c in inputs:
         if isinstance(c, np.ndarray) and c.ndim == rank and c.ndim > 0 and c.shape[0] != 1:
             raise Unsupported(f"constant of shape {c.shape} varies along the batch axis")
     roots, axes = layout(inputs, rank)
-    if len(roots) > min(MAX_ROOTS, _root_limit(grid_size((), axes))):
+    # collapsing makes inputs independent: only when combining them adds roots (x * erf(x)
+    # shares its roots and needs no bigger grid than x itself already has)
+    largest = max((len(x.roots) for x in inputs if isinstance(x, Signal)), default=0)
+    if len(roots) > largest and len(roots) > min(MAX_ROOTS, _root_limit(grid_size((), axes))):
         n_signals = sum(isinstance(x, Signal) for x in inputs)
         inputs = [collapse(x, f"{name}@{out}", ctx.has_positions(name), n_signals - 1)
                   if isinstance(x, Signal) else x for x, name in zip(inputs, names)]

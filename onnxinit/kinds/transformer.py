@@ -108,12 +108,67 @@ def layernorm(node, rule, ctx):
     ctx.set(out, Signal(roots, y, axes))
 
 
+TRANSPARENT_TO_ROWS = {"Identity", "Cast", "Dropout"}
+
+
+def rows_sum_to_one(name: str, ctx) -> bool:
+    """Is ``name`` a softmax over its last axis (through Identity / Cast / Dropout)?"""
+    graph = ctx.graph
+    while (node := graph.producer.get(name)) is not None and node.op_type in TRANSPARENT_TO_ROWS \
+            and node.domain in ("", "ai.onnx"):
+        name = node.input[0]
+    if node is None or node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
+        return False
+    rank = ctx.rank(node.input[0])
+    if rank is None:
+        return False
+    default = -1 if graph.opsets.get("", 1) >= 13 else 1
+    return int(attributes(node).get("axis", default)) % rank == rank - 1
+
+
+def attention_mix(node, ctx):
+    """Y = P @ V with P a softmax over the key axis (attention-weighted values).
+
+    Per value channel, V along the key axis is m_k + s + e_k: site means m_k, a part s
+    constant over the keys (variance S: the sample roots, tokens mixed by an earlier
+    attention or offsets shared by every position) and a part e_k independent from key
+    to key (variance W). With P independent of V, mean p = 1/K, variance v_P:
+        Y = sum_k p_k m_k + s + sum_k p_k e_k,   mean = avg_k m_k,
+        shared (equal for every query) = S + K p^2 W = S + W / K,
+        within (query to query) = K v_P (W + D),   D = avg_k (m_k - avg m)^2.
+    Treating s like e_k (the independent product rule) would shrink it K times.
+    """
+    p, v = ctx.moments[node.input[0]], ctx.signal(node.input[1])
+    rank = v.rank
+    if rank < 2 or ctx.rank(node.output[0]) != rank:
+        raise Unsupported("attention product with broadcast ranks")
+    k = (ctx.graph.static_dims(node.input[1]) or [None] * rank)[-2]
+    if not k:
+        raise Unsupported("unknown number of keys")
+    mean, var, shared = v.stats()
+    w = np.broadcast_to(v.site_weights(), mean.shape)
+    w = w / w.sum(axis=-2, keepdims=True)
+    m = (w * mean).sum(axis=-2, keepdims=True)
+    spread = (w * (mean - m) ** 2).sum(axis=-2, keepdims=True)
+    s = (w * shared).sum(axis=-2, keepdims=True)
+    within = (w * np.maximum(var - shared, 0.0)).sum(axis=-2, keepdims=True)
+    rows = k * p.mean
+    axes = list(v.axes)
+    axes[-2] = None
+    out = node.output[0]
+    ctx.set(out, gaussian(out, rows * m, rows * rows * s + k * p.mean ** 2 * within,
+                          k * p.var * (within + spread), axes, ctx.has_positions(out)))
+
+
 def matmul_product(node, ctx):
     """Y = A @ B for two independent activations (attention scores and weighted values).
 
     With K the contraction length and A, B independent:
         mean = K m_A m_B,   E[Y^2] = K (E[A^2] E[B^2] - m_A^2 m_B^2) + mean^2.
+    A softmax A (attention probabilities) goes to ``attention_mix``.
     """
+    if rows_sum_to_one(node.input[0], ctx):
+        return attention_mix(node, ctx)
     a, b = ctx.moments[node.input[0]], ctx.moments[node.input[1]]
     dims = ctx.graph.static_dims(node.input[0])
     k = dims[-1] if dims and dims[-1] else None

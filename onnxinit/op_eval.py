@@ -31,8 +31,22 @@ def _evaluator(node_bytes: bytes, opsets: tuple) -> ReferenceEvaluator:
     return ReferenceEvaluator(model)
 
 
+def _gather_elements(node, inputs):
+    """GatherElements: out[i][j][k] = data[index[i][j][k]][j][k] along ``axis`` (the reference's
+    version fails beyond 64 distinct indices)."""
+    data, index = np.asarray(inputs[0]), np.asarray(inputs[1], np.int64)
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % data.ndim
+    index = np.where(index < 0, index + data.shape[axis], index)
+    return [np.take_along_axis(data, index, axis=axis)]
+
+
+OVERRIDES = {"GatherElements": _gather_elements}
+
+
 def run_node(node: onnx.NodeProto, inputs: list, opsets: dict) -> list:
     """Outputs of ``node`` for the given input arrays (None for an omitted optional input)."""
+    if node.domain in ("", "ai.onnx") and node.op_type in OVERRIDES and all(a is not None for a in inputs[:2]):
+        return OVERRIDES[node.op_type](node, inputs)
     standalone = _standalone(node)
     domain = node.domain or ""
     versions = tuple(sorted((d, v) for d, v in opsets.items() if d in ("", domain)))

@@ -188,6 +188,8 @@ def _shape_data(node, ctx) -> None:
             runs[k].append(None if pair is None else pair[k])
     if not any(n in graph.shape_values for n in node.input if n):
         return
+    if node.op_type == "Expand" and _expand_over_batch(node, runs, graph):
+        return
     if any(_too_large(node, runs[k], 4096) for k in (0, 1)):
         return
     try:
@@ -198,6 +200,27 @@ def _shape_data(node, ctx) -> None:
         a, b = np.asarray(a), np.asarray(b)
         if a.size <= 4096:
             _record_shape_data(graph, name, (a, b))
+
+
+def _expand_over_batch(node, runs, graph) -> bool:
+    """Expand of a constant to a shape that differs between the probes only in the batch dim
+    (BERT's token_type_ids buffer): record the constant expanded to batch 1, which broadcasts
+    wherever the batch-sized tensor would. True when recorded."""
+    data, (first, second) = runs[0][0], (runs[0][1], runs[1][1])
+    if data is None or runs[1][0] is None or not np.array_equal(data, runs[1][0]) or first is None or second is None:
+        return False
+    first, second = np.asarray(first).reshape(-1), np.asarray(second).reshape(-1)
+    if first.shape != second.shape or first.size == 0 or first[0] == second[0] \
+            or not np.array_equal(first[1:], second[1:]):
+        return False
+    try:
+        shape = np.broadcast_shapes(np.shape(data), (1,) + tuple(int(d) for d in first[1:]))
+    except ValueError:
+        return False
+    if float(np.prod(shape, dtype=np.float64)) > FOLD_LIMIT:
+        return False
+    graph.set_value(node.output[0], np.broadcast_to(data, shape).copy())
+    return True
 
 
 def _record_shape_data(graph, name, pair) -> None:

@@ -153,7 +153,7 @@ def table(inspection: Inspection, limit: int | None = 60) -> str:
     previous = -1
     for i in shown:
         if i != previous + 1:
-            lines.append(f"  ... {i - previous - 1} rows without flags (--all-rows to show every row)")
+            lines.append(f"  ... {i - previous - 1} rows without flags (--rows 0 shows every row)")
         previous = i
         r = rows[i]
         name = (("* " if r.weighted else "  ") + r.node)[:44]

@@ -62,17 +62,36 @@ def unseed_random_ops(nodes) -> None:
         node.attribute.extend(kept)
 
 
-def _index_range(model: onnx.ModelProto, name: str) -> int:
-    """Token ids: the row count of a table an input indexes with Gather (2 when none is found)."""
+PASS_IDS = {"Identity", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten"}
+
+
+def _index_range(model: onnx.ModelProto, name: str) -> int | None:
+    """Token ids: the row count of a table the input indexes with Gather (through casts and
+    reshapes); None when it indexes none (a mask)."""
     tables = {t.name: t for t in model.graph.initializer}
+    consumers = {}
     for node in model.graph.node:
-        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name and node.input[0] in tables:
-            return max(int(tables[node.input[0]].dims[0]), 1)
-    return 2
+        for i, n in enumerate(node.input):
+            consumers.setdefault(n, []).append((node, i))
+    frontier, seen = [name], set()
+    while frontier:
+        current = frontier.pop()
+        seen.add(current)
+        for node, i in consumers.get(current, []):
+            if node.op_type == "Gather" and i == 1 and node.input[0] in tables:
+                return max(int(tables[node.input[0]].dims[0]), 1)
+            if node.op_type in PASS_IDS and i == 0 and node.output[0] not in seen:
+                frontier.append(node.output[0])
+    return None
 
 
 def gaussian_feeds(model: onnx.ModelProto, batch: int, rng: np.random.Generator, mean=0.0, var=1.0):
-    """N(mean, var) for every float graph input, uniform token ids for integer ones; symbolic dims = ``batch``."""
+    """N(mean, var) for every float graph input; symbolic dims = ``batch``.
+
+    An integer input that indexes an embedding table gets uniform token ids; any other
+    integer or bool input is taken for a mask and set to ones (nothing masked out), as
+    propagation assumes.
+    """
     initializers = {t.name for t in model.graph.initializer}
     feeds = {}
     for vi in model.graph.input:
@@ -81,10 +100,9 @@ def gaussian_feeds(model: onnx.ModelProto, batch: int, rng: np.random.Generator,
         tt = vi.type.tensor_type
         shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else batch for d in tt.shape.dim]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        if np.issubdtype(dtype, np.integer):
-            feeds[vi.name] = rng.integers(0, _index_range(model, vi.name), shape).astype(dtype)
-        elif dtype == np.bool_:
-            feeds[vi.name] = rng.random(shape) < 0.5
+        if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+            rows = _index_range(model, vi.name)
+            feeds[vi.name] = np.ones(shape, dtype) if rows is None else rng.integers(0, rows, shape).astype(dtype)
         else:
             feeds[vi.name] = (mean + np.sqrt(var) * rng.standard_normal(shape)).astype(dtype)
     return feeds

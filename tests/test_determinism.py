@@ -32,7 +32,10 @@ def test_bytes_identical_across_processes_and_thread_counts(tmp_path):
 
 def test_ctrl_c_exits_130_and_leaves_no_file(tmp_path):
     out = tmp_path / "out.onnx"
-    script = ("import time, onnxinit.api as api\n"
+    # a terminal delivers Ctrl-C to a process whose SIGINT is not ignored; a background job of a
+    # non-interactive shell inherits it ignored, so the child sets Python's own handler first
+    script = ("import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+              "import time, onnxinit.api as api\n"
               "real = api.propagate\n"
               "def slow(*a, **k):\n    time.sleep(30)\n    return real(*a, **k)\n"
               "api.propagate = slow\n"

@@ -255,13 +255,48 @@ def cmd_wninit(args):
         record(args.out, entry)
 
 
+def cmd_autoinit(args):
+    """autoinit, then inspect --measure on 8 rows of the model's data file (masks all ones):
+    the share of weighted layers in [0.5, 2], the output variance, the worst prediction error."""
+    import numpy as np
+    for name in args.models:
+        model, data = args.out / f"{name}.onnx", args.out / f"{name}.npz"
+        if not model.exists() or not data.exists():
+            record(args.out, {"step": "autoinit", "model": name, "ok": False, "error": "no export"})
+            continue
+        output, report, batch = args.out / f"{name}.autoinit.onnx", args.out / f"{name}.inspect.json", \
+            args.out / f"{name}.batch8.npz"
+        with np.load(data) as arrays:
+            np.savez(batch, **{k: arrays[k][:8] for k in arrays.files if k != "y"})
+        cmd = [args.onnxinit, "autoinit", str(model), "-o", str(output), "--quiet"]
+        code, text, seconds = run_logged(cmd, args.out / f"{name}.autoinit.log", args.timeout)
+        entry = {"step": "autoinit", "model": name, "ok": code == 0, "seconds": round(seconds, 1)}
+        if code == 0:
+            code, text, _ = run_logged([args.onnxinit, "inspect", str(output), "--measure", "--data", str(batch),
+                                        "--json", str(report)], args.out / f"{name}.inspect.log",
+                                       args.timeout)
+        if code == 0 and report.exists():
+            doc = json.loads(report.read_text())
+            rows = doc["rows"]
+            layers = [r for r in rows if r["weighted"] and r["measured"]]
+            measured = [r["measured"]["var"] for r in layers]
+            errors = [abs(r["predicted"]["var"] - r["measured"]["var"]) / r["measured"]["var"] for r in layers]
+            outputs = list(doc["summary"]["output_variance"].values())
+            entry |= {"layers": len(layers), "in_band": sum(0.5 <= v <= 2 for v in measured),
+                      "worst_var": [min(measured), max(measured)], "worst_error": round(max(errors), 3),
+                      "output_var": outputs}
+        else:
+            entry |= {"ok": False, "error": tail(text, 12)}
+        record(args.out, entry)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     one = sub.add_parser("export-one", help="(internal; export environment) export one model")
     one.add_argument("name", choices=sorted(MODELS))
     one.add_argument("--out", type=Path, required=True)
-    for command in ("all", "export", "nio", "wninit"):
+    for command in ("all", "export", "nio", "wninit", "autoinit"):
         p = sub.add_parser(command)
         p.add_argument("--out", type=Path, default=Path("/tmp/fullsize"))
         p.add_argument("--export-python", default="/tmp/fullsize/venv/bin/python")
@@ -275,12 +310,12 @@ def main():
         print(json.dumps(export_one(args.name, args.out)))
         return
     args.out.mkdir(parents=True, exist_ok=True)
-    default = {"export": list(MODELS), "nio": NIO_MODELS, "wninit": list(WNINIT_MODELS)}
+    default = {"export": list(MODELS), "nio": NIO_MODELS, "wninit": list(WNINIT_MODELS), "autoinit": list(MODELS)}
     chosen = args.models.split(",") if args.models else None
-    steps = ["export", "wninit", "nio"] if args.command == "all" else [args.command]
+    steps = ["export", "autoinit", "wninit", "nio"] if args.command == "all" else [args.command]
     for step in steps:
         args.models = [m for m in default[step] if chosen is None or m in chosen]
-        {"export": cmd_export, "nio": cmd_nio, "wninit": cmd_wninit}[step](args)
+        {"export": cmd_export, "nio": cmd_nio, "wninit": cmd_wninit, "autoinit": cmd_autoinit}[step](args)
 
 
 if __name__ == "__main__":

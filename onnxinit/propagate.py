@@ -304,9 +304,15 @@ def _visit(node, ctx: Propagation, rules, residual: str) -> None:
         weight_residual_sum(node, ctx)
     try:
         KINDS[rule.kind](node, rule, ctx)
+        out = ctx.signals.get(node.output[0])
+        rank = ctx.rank(node.output[0])
+        if out is not None and rank is not None and out.rank != rank:
+            raise Unsupported(f"the rule gave rank {out.rank} where the graph has {rank}")
         ctx.kinds_used[rule.kind] = ctx.kinds_used.get(rule.kind, 0) + 1
     except Unsupported as exc:
         _fallback(node, ctx, str(exc))
+    except (ValueError, IndexError) as exc:   # shapes the rule did not foresee: never a crash
+        _fallback(node, ctx, f"the {rule.kind} rule failed ({exc})")
 
 
 def propagate(graph: Graph, rules, input_moments: Moments, scheme=None, progress=None,

@@ -59,7 +59,7 @@ def test_training_mode_transformer_weights_through_transpose():
     Transpose, the right way round) and measure in [0.8, 1.35]; predictions within 10% for the first two blocks and
     30% for the last two, where the part of the signal the attentions made equal across tokens
     grows and our per-channel statistics, which treat channels as independent, follow a
-    64-wide realized network less closely (BERT-base, 768 wide: within 5%, README)."""
+    64-wide realized network less closely (BERT-base, 768 wide: within 7%, README)."""
     path = next(p for p in ALL_SAMPLES if p.stem == "bert_train")
     original = onnx.load(path)
     model, report, layers = _predicted_and_measured(path)

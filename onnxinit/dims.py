@@ -68,10 +68,20 @@ def split_sizes(node, ctx, length):
 def output_dims(node, ctx):
     """[dims per output] for a structural node, or None when they cannot be worked out."""
     dims = ctx.graph.static_dims(node.input[0]) if node.input else None
-    if dims is None:
-        return None
     op = node.op_type
     attrs = attributes(node)
+    if dims is None and op == "Reshape":   # a target without 0 or -1 needs no input dims
+        target = _value(ctx, node.input[1])
+        if target is not None and all(t > 0 or t == BATCH_DEPENDENT for t in target):
+            return [[None if t == BATCH_DEPENDENT else int(t) for t in target]]
+    if dims is None:
+        return None
+    if op == "Gather":
+        index = ctx.graph.constant_value(node.input[1])
+        if index is None:
+            return None
+        axis = int(attrs.get("axis", 0)) % len(dims)
+        return [dims[:axis] + list(np.shape(index)) + dims[axis + 1:]]
     if op == "Transpose":
         perm = list(attrs.get("perm", range(len(dims) - 1, -1, -1)))
         return [[dims[p] for p in perm]]
@@ -123,10 +133,36 @@ def output_dims(node, ctx):
     return None
 
 
-def fill_dims(node, ctx) -> None:
+def broadcast_dims(node, ctx):
+    """[dims] of an elementwise op's output: its inputs' dims broadcast (None where unknown)."""
+    shapes = []
+    for name in node.input:
+        if not name:
+            continue
+        dims = ctx.graph.static_dims(name)
+        if dims is None:
+            value = ctx.graph.constant_value(name)
+            if value is None:
+                return None
+            dims = list(np.shape(value))
+        shapes.append(dims)
+    if not shapes:
+        return None
+    rank = max(len(d) for d in shapes)
+    out = []
+    for i in range(rank):
+        column = [d[i - rank + len(d)] for d in shapes if i - rank + len(d) >= 0]
+        sized = {c for c in column if c is not None and c != 1}
+        if len(sized) > 1:
+            return None
+        out.append(sized.pop() if sized else (1 if all(c == 1 for c in column) else None))
+    return [out]
+
+
+def fill_dims(node, ctx, elementwise: bool = False) -> None:
     """Record worked-out dims for outputs whose static dims are missing some entries."""
     try:
-        worked = output_dims(node, ctx)
+        worked = broadcast_dims(node, ctx) if elementwise else output_dims(node, ctx)
     except (ValueError, IndexError, TypeError):
         return
     if not worked:

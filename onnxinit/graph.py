@@ -108,6 +108,8 @@ class Graph:
         return tuple(dims)
 
     def rank(self, name: str, default: int | None = None):
+        if name in self.dims_override:
+            return len(self.dims_override[name])
         shape = self.shape(name)
         return default if shape is None else len(shape)
 

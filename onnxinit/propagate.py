@@ -132,7 +132,7 @@ class Propagation:
 
 SHAPE_DATA_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Div", "Mul", "Add", "Sub", "Slice",
                   "Cast", "Floor", "Ceil", "Identity", "Reshape", "ReduceProd", "Neg", "Max", "Min", "Pow", "Sqrt",
-                  "Reciprocal", "Range", "Equal", "Where", "ConstantOfShape", "Expand"}
+                  "Reciprocal", "Range", "Equal", "Where", "ConstantOfShape", "Expand", "Mod", "Abs"}
 SECOND_PROBE = 10007
 
 
@@ -293,12 +293,14 @@ def _visit(node, ctx: Propagation, rules, residual: str) -> None:
     if not any(o in graph.signal_tensors for o in node.output if o):
         _shape_data(node, ctx)
         return
-    if node.op_type in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Split"):
+    if node.op_type in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Split", "Gather"):
         fill_dims(node, ctx)
     rule = rules.lookup(node)
     if rule is None:
         _fallback(node, ctx, "no rule for this op")
         return
+    if rule.kind == "elementwise" and len([o for o in node.output if o]) == 1:
+        fill_dims(node, ctx, elementwise=True)
     if residual == "weighted" and node.op_type in ("Add", "Sum") and node.domain in ("", "ai.onnx") \
             and len(signal_inputs(node, ctx)) >= 2:
         weight_residual_sum(node, ctx)

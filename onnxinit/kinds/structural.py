@@ -15,11 +15,20 @@ def identity(node, rule, ctx):
     ctx.set(node.output[0], ctx.signal(x))
 
 
-def _pooled(ctx, sig: Signal, out):
+def _pooled(ctx, sig: Signal, out, batch_first: bool = True):
+    """Pooled statistics on fresh roots. The spread of the site means counts as shared
+    (fixed per channel) when axis 0 is the batch; when it is not (a seq-first attention,
+    nn.MultiheadAttention's (tokens, batch, ...) layout) only the sample roots' variance
+    stays shared: the spread then runs along the tokens, not across them."""
     m = sig.moments()
     rank = ctx.rank(out) or 1
     positions = ctx.has_positions(out)
-    return gaussian(out, m.mean, m.shared if positions else m.var, m.within if positions else 0.0,
+    shared = m.shared
+    if not batch_first:
+        mean_s, _, shared_s = sig.stats()
+        w = np.broadcast_to(sig.site_weights(), mean_s.shape)
+        shared = min(float(np.sum(w * shared_s) / np.sum(w)), m.var)
+    return gaussian(out, m.mean, shared if positions else m.var, m.var - shared if positions else 0.0,
                     (None,) * rank, positions)
 
 
@@ -72,7 +81,8 @@ def reshape(node, rule, ctx):
     sig = ctx.signal(x)
     dims_in, dims_out = ctx.graph.static_dims(x), ctx.graph.static_dims(out)
     if not dims_in or not dims_out or any(d is None for d in dims_in[1:] + dims_out[1:]):
-        ctx.set(out, _pooled(ctx, sig, out))
+        seq_first = bool(dims_in) and dims_in[0] is not None and dims_in[0] > 1 and None in dims_in[1:2]
+        ctx.set(out, _pooled(ctx, sig, out, batch_first=not seq_first))
         return
     r = len(sig.roots)
     kept_in = [a for a in range(1, len(dims_in)) if dims_in[a] != 1]
@@ -148,6 +158,9 @@ def concat(node, rule, ctx):
         if not name:
             continue
         dims = ctx.graph.static_dims(name)
+        value = None if ctx.is_signal(name) else ctx.value(name)
+        if value is not None and np.ndim(value) == rank:
+            dims = list(np.shape(value))     # a constant (a class token expanded over the batch)
         if not dims or dims[axis] is None:
             raise Unsupported(f"input {name!r} has an unknown size along axis {axis}")
         sig = _as_signal(ctx, name, rank)

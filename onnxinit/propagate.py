@@ -75,6 +75,7 @@ class Propagation:
     unit_correlation: dict = field(default_factory=dict)
     embeddings: list = field(default_factory=list)
     structural_changes: list = field(default_factory=list)
+    row_shared: dict = field(default_factory=dict)   # token rows (T·N, E): share common to all tokens
 
     # --- what kinds use --------------------------------------------------
     def __post_init__(self):

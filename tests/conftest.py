@@ -3,14 +3,12 @@ from pathlib import Path
 import pytest
 
 ALL_SAMPLES = sorted((Path(__file__).resolve().parent.parent / "samples").glob("*.onnx"))
-MODERN = {"bert_tiny", "bert_train", "gpt_tiny", "convnext_tiny", "mbconv_se", "densenet_block"}
+MODERN = {"bert_tiny", "bert_train", "vit_mha", "gpt_tiny", "convnext_tiny", "mbconv_se", "densenet_block"}
 # 56-layer ResNets for wninit and its patterns (issue 6): AutoInit's prediction misses some of their layers
 # by 10-15%, and measuring them layer by layer takes minutes, so the per-sample loops leave them out
 DEEP = {"resnet56_wn", "resnet56_nobn"}
-# a known gap, tested on its own with its bounds stated (test_transformers.py)
-GAPS = {"vit_mha"}
 # the foundation issue's samples (MLPs, CNNs, ResNets); the modern blocks are tested on their own
-SAMPLES = [p for p in ALL_SAMPLES if p.stem not in MODERN | DEEP | GAPS]
+SAMPLES = [p for p in ALL_SAMPLES if p.stem not in MODERN | DEEP]
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 
 import onnxinit
-from conftest import ALL_SAMPLES, DEEP, GAPS
+from conftest import ALL_SAMPLES, DEEP
 from onnxinit.graph import Graph
 from onnxinit.measure import gaussian_feeds, measure
 
-# left out: gpt_tiny and bert_tiny (the modes differed by 1.2x and 1.6x before attention_mix; not
-# re-checked here) and the known gap vit_mha (its out-projections differ by up to 2x, README)
-CASES = [p for p in ALL_SAMPLES if p.stem not in {"bert_tiny", "gpt_tiny"} | DEEP | GAPS]
+# left out: vit_mha, whose first attention projection the analytic mode misses by about 20%
+# (README); bert_tiny and gpt_tiny differed by 1.6x and 1.2x before attention_mix, now by 7% and 8%
+CASES = [p for p in ALL_SAMPLES if p.stem not in DEEP | {"vit_mha"}]
 
 
 def _weight(graph, name):

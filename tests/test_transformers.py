@@ -82,21 +82,18 @@ def test_training_mode_transformer_weights_through_transpose():
         assert abs(r.output.var - var) <= tolerance * var, (r.node, r.output.var, var)
 
 
-def test_vit_with_multihead_attention_runs_without_fallbacks():
+def test_vit_with_multihead_attention():
     """nn.MultiheadAttention exported in training mode works seq-first inside: q, k, v packed
     on axis 0 and picked with Gather, head reshapes with computed targets, the scale as
-    Sqrt of a shape. Every op but Softmax has a rule; every layer is initialized and the
-    output's variance is in [0.1, 10].
-
-    Known gap (README): the attention output projections of the second and third blocks
-    measure 0.5-0.6 for a predicted 1 (the part of the residual stream shared by all tokens
-    is over-estimated there); they are kept in [0.4, 2.5] here."""
+    Sqrt of a shape, the attention output flattened to (tokens x batch, E) rows for its
+    projection and reshaped back. Every op but Softmax has a rule; every layer measures in
+    [0.8, 1.3] and is predicted within 25% (the first block's projection is the worst, about
+    20%: before the share common to all tokens was carried across the rows, the later
+    projections measured 0.50-0.57)."""
     path = next(p for p in ALL_SAMPLES if p.stem == "vit_mha")
     model, report, layers = _predicted_and_measured(path, batch=512)
     assert set(report.fallbacks) <= {"Softmax"}, report.warnings
     assert len(layers) == 14     # patch conv, 3 x (in_proj, out_proj, fc1, fc2), head
     for r, var in layers:
-        assert 0.4 <= var <= 2.5, (r.node, var)
-    feeds = gaussian_feeds(model, 64, np.random.default_rng(1))
-    out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    assert np.all(np.isfinite(out)) and 0.1 <= out.var() <= 10
+        assert 0.8 <= var <= 1.3, (r.node, var)
+        assert abs(r.output.var - var) <= 0.25 * var, (r.node, r.output.var, var)

@@ -15,11 +15,16 @@ def identity(node, rule, ctx):
     ctx.set(node.output[0], ctx.signal(x))
 
 
-def _pooled(ctx, sig: Signal, out, batch_first: bool = True):
+def _pooled(ctx, sig: Signal, x, out, batch_first: bool = True):
     """Pooled statistics on fresh roots. The spread of the site means counts as shared
     (fixed per channel) when axis 0 is the batch; when it is not (a seq-first attention,
     nn.MultiheadAttention's (tokens, batch, ...) layout) only the sample roots' variance
-    stays shared: the spread then runs along the tokens, not across them."""
+    stays shared: the spread then runs along the tokens, not across them.
+
+    Rows of tokens (T·N, E), as nn.MultiheadAttention flattens its output for the
+    projection, have no positions: everything is per row. The share of the variance
+    common to all tokens is remembered (``ctx.row_shared``) across such rows, through the
+    dense layers on them, and given back when they are reshaped to tokens again."""
     m = sig.moments()
     rank = ctx.rank(out) or 1
     positions = ctx.has_positions(out)
@@ -28,6 +33,10 @@ def _pooled(ctx, sig: Signal, out, batch_first: bool = True):
         mean_s, _, shared_s = sig.stats()
         w = np.broadcast_to(sig.site_weights(), mean_s.shape)
         shared = min(float(np.sum(w * shared_s) / np.sum(w)), m.var)
+    if ctx.has_positions(x) and not positions and m.var > 0:
+        ctx.row_shared[out] = shared / m.var
+    elif positions and x in ctx.row_shared:
+        shared = ctx.row_shared[x] * m.var
     return gaussian(out, m.mean, shared if positions else m.var, m.var - shared if positions else 0.0,
                     (None,) * rank, positions)
 
@@ -82,7 +91,7 @@ def reshape(node, rule, ctx):
     dims_in, dims_out = ctx.graph.static_dims(x), ctx.graph.static_dims(out)
     if not dims_in or not dims_out or any(d is None for d in dims_in[1:] + dims_out[1:]):
         seq_first = bool(dims_in) and dims_in[0] is not None and dims_in[0] > 1 and None in dims_in[1:2]
-        ctx.set(out, _pooled(ctx, sig, out, batch_first=not seq_first))
+        ctx.set(out, _pooled(ctx, sig, x, out, batch_first=not seq_first))
         return
     r = len(sig.roots)
     kept_in = [a for a in range(1, len(dims_in)) if dims_in[a] != 1]
@@ -97,7 +106,7 @@ def reshape(node, rule, ctx):
         return
     inner_in, inner_out = int(np.prod(dims_in[1:])), int(np.prod(dims_out[1:]))
     if inner_in != inner_out or inner_in > EXPAND_LIMIT:
-        ctx.set(out, _pooled(ctx, sig, out))
+        ctx.set(out, _pooled(ctx, sig, x, out))
         return
     full = _expanded(sig, dims_in)
     values = full.values.reshape(tuple(sig.grid_shape) + (1,) + tuple(dims_out[1:]))

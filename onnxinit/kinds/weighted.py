@@ -347,6 +347,8 @@ def weighted(node, rule, ctx):
         rank = ctx.rank(out) or 2
         signal = gaussian(out, pooled[0], pooled[1] + spread, pooled[2], (None,) * rank, positions)
     ctx.set(out, signal)
+    if x in ctx.row_shared:   # a dense layer on token rows keeps the share common to all tokens
+        ctx.row_shared[out] = ctx.row_shared[x]
     layer.cross = None   # kept layers must not hold an earlier layer's unit correlation (out x out)
     ctx.layer_outputs[out] = layer
     if layout.kind in ("gemm", "matmul") and signal.rank == 2 and len(signal.roots) == 1 \

@@ -176,6 +176,21 @@ def test_structural_ops():
     check(model, shape)
     nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Concat", ["x", "a"], ["y"], axis=1)]
     check(chain(nodes, shape), shape)
+    check(_slice_case(), shape)
+
+
+def _slice_case():
+    """Pad 3 constant columns on the left, then keep columns 1..4: two padded, three from x."""
+    pads = np.array([0, 0, 0, 3, 0, 0, 0, 0], np.int64)
+    nodes = [helper.make_node("Pad", ["x", "p", "v"], ["padded"]),
+             helper.make_node("Slice", ["padded", "s", "e", "a"], ["y"])]
+    inits = []
+    model = chain(nodes, (1, 3, 4, 4), inits)
+    model.graph.initializer.extend([numpy_helper.from_array(pads, "p"), numpy_helper.from_array(np.float32(2.0), "v"),
+                                    numpy_helper.from_array(np.array([1], np.int64), "s"),
+                                    numpy_helper.from_array(np.array([6], np.int64), "e"),
+                                    numpy_helper.from_array(np.array([3], np.int64), "a")])
+    return model
 
 
 def _reshape_case():

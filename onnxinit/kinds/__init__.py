@@ -6,7 +6,7 @@ with ``ctx.set``. The rule table (rules/ops.toml) maps op types to kinds.
 from .elementwise import elementwise
 from .normalize import batchnorm, fixed
 from .pooling import pool, reduce_positions
-from .structural import concat, dropout, identity, pad, reshape, split
+from .structural import concat, dropout, identity, pad, reshape, slice_positions, split
 from .transformer import gather, layernorm
 from .weighted import weighted
 
@@ -24,5 +24,6 @@ KINDS = {
     "gather": gather,
     "layernorm": layernorm,
     "split": split,
+    "slice": slice_positions,
     "reduce": reduce_positions,
 }

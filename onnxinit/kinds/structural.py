@@ -299,3 +299,47 @@ def split(node, rule, ctx):
                 values = np.take(sig.values, index if size > 1 else index[:1], axis=r + axis)
                 ctx.set(name, Signal(sig.roots, values, tuple(axes)))
         start += size
+
+
+def _runs(picked: np.ndarray, length: int) -> Sites:
+    """Sites for a sliced axis: consecutive positions that read the same input class stay one class."""
+    change = np.flatnonzero(np.diff(picked)) + 1
+    starts = np.concatenate([[0], change])
+    counts = np.diff(np.concatenate([starts, [len(picked)]]))
+    return Sites(starts, counts, length), picked[starts]
+
+
+def slice_positions(node, rule, ctx):
+    """Slice with constant starts, ends, axes and steps: the sites the kept positions belong to.
+
+    An axis without sites (every position alike) keeps its statistics whatever is cut."""
+    x, out = node.input[0], node.output[0]
+    sig = ctx.signal(x)
+    attrs = attributes(node)
+    if len(node.input) > 1:       # opset 10+: inputs
+        params = [ctx.value(n) if n else None for n in list(node.input[1:5]) + [""] * (5 - len(node.input))]
+        starts, ends, axes, steps = params
+        if starts is None or ends is None or any(p is None for p, n in zip(params[2:], node.input[3:5]) if n):
+            raise Unsupported("slice bounds are not constant")
+    else:
+        starts, ends, axes, steps = attrs.get("starts"), attrs.get("ends"), attrs.get("axes"), None
+    starts = np.asarray(starts, np.int64).reshape(-1)
+    ends = np.asarray(ends, np.int64).reshape(-1)
+    axes = np.arange(len(starts)) if axes is None else np.asarray(axes, np.int64).reshape(-1)
+    steps = np.ones(len(starts), np.int64) if steps is None else np.asarray(steps, np.int64).reshape(-1)
+    r = len(sig.roots)
+    values, out_axes = sig.values, list(sig.axes)
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis = int(axis) % sig.rank
+        sites = sig.axes[axis]
+        if sites is None:
+            continue
+        if step == 0:
+            raise Unsupported("slice step 0")
+        big = np.iinfo(np.int64).max // 2
+        kept = np.arange(sites.length)[slice(int(np.clip(start, -big, big)), int(np.clip(end, -big, big)), int(step))]
+        if kept.size == 0:
+            raise Unsupported("empty slice")
+        out_axes[axis], classes = _runs(sites.index_of(kept), kept.size)
+        values = np.take(values, classes, axis=r + axis)
+    ctx.set(out, _squeezed(Signal(sig.roots, np.ascontiguousarray(values), tuple(out_axes))))

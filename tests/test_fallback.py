@@ -47,3 +47,39 @@ def test_unknown_custom_op_is_passed_through_with_a_warning():
     assert report.fallbacks == {"acme.custom::MysteryOp": 1}
     assert any("passed through" in w for w in report.warnings)
     assert len(report.layers) == 1 and "MysteryOp" in report.summary()
+
+
+def test_a_rule_failing_on_unforeseen_shapes_falls_back(monkeypatch):
+    """A kind that raises ValueError (an array shape it did not expect) must not stop the pass:
+    the node goes to the Monte Carlo fallback and a warning says which rule failed."""
+    from onnxinit import kinds
+
+    def broken(node, rule, ctx):
+        raise ValueError("axes don't match array")
+
+    monkeypatch.setitem(kinds.KINDS, "elementwise", broken)
+    model = model_with(helper.make_node("Relu", ["x"], ["y"]), (1, 8))
+    ctx = propagate(Graph(model), RuleTable(()), Moments(0.0, 1.0))
+    assert ctx.fallbacks == {"Relu": 1}
+    assert any("the elementwise rule failed (axes don't match array)" in w for w in ctx.warnings), ctx.warnings
+    mean, var = measured(model, (1, 8), 0.0, 1.0)
+    assert abs(ctx.moments["y"].var - var) < 0.05 * var   # the Monte Carlo estimate took over
+
+
+def test_measurement_feeds_token_ids_to_tables_and_ones_to_masks():
+    """An integer input reaching a Gather on a table (through Cast / Unsqueeze) gets ids below the
+    row count; one that indexes nothing (an attention mask) gets ones: nothing masked out."""
+    from onnxinit.measure import gaussian_feeds
+    table = numpy_helper.from_array(np.ones((7, 4), np.float32), "table")
+    nodes = [helper.make_node("Cast", ["ids"], ["ids32"], to=TensorProto.INT32),
+             helper.make_node("Unsqueeze", ["ids32", "one"], ["ids3"]),
+             helper.make_node("Gather", ["table", "ids3"], ["emb"]),
+             helper.make_node("Cast", ["mask"], ["maskf"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 5]),
+                                           helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", 5])],
+                              [helper.make_tensor_value_info("emb", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("maskf", TensorProto.FLOAT, None)],
+                              [table, numpy_helper.from_array(np.array([2], np.int64), "one")])
+    feeds = gaussian_feeds(helper.make_model(graph), 64, np.random.default_rng(0))
+    assert feeds["ids"].min() >= 0 and 1 < feeds["ids"].max() <= 6   # the table has 7 rows
+    assert np.all(feeds["mask"] == 1)

@@ -301,8 +301,9 @@ def split(node, rule, ctx):
         start += size
 
 
-def _runs(picked: np.ndarray, length: int) -> Sites:
-    """Sites for a sliced axis: consecutive positions that read the same input class stay one class."""
+def _runs(picked: np.ndarray, length: int) -> tuple:
+    """(Sites, input class per site) for a sliced axis: consecutive kept positions that read the
+    same input class stay one class."""
     change = np.flatnonzero(np.diff(picked)) + 1
     starts = np.concatenate([[0], change])
     counts = np.diff(np.concatenate([starts, [len(picked)]]))
@@ -316,10 +317,10 @@ def slice_positions(node, rule, ctx):
     x, out = node.input[0], node.output[0]
     sig = ctx.signal(x)
     attrs = attributes(node)
-    if len(node.input) > 1:       # opset 10+: inputs
-        params = [ctx.value(n) if n else None for n in list(node.input[1:5]) + [""] * (5 - len(node.input))]
-        starts, ends, axes, steps = params
-        if starts is None or ends is None or any(p is None for p, n in zip(params[2:], node.input[3:5]) if n):
+    if len(node.input) > 1:       # opset 10+: starts, ends, axes, steps as inputs
+        names = (list(node.input[1:]) + [""] * 4)[:4]
+        starts, ends, axes, steps = (ctx.value(n) if n else None for n in names)
+        if starts is None or ends is None or any(n and ctx.value(n) is None for n in names):
             raise Unsupported("slice bounds are not constant")
     else:
         starts, ends, axes, steps = attrs.get("starts"), attrs.get("ends"), attrs.get("axes"), None
@@ -329,6 +330,7 @@ def slice_positions(node, rule, ctx):
     steps = np.ones(len(starts), np.int64) if steps is None else np.asarray(steps, np.int64).reshape(-1)
     r = len(sig.roots)
     values, out_axes = sig.values, list(sig.axes)
+    big = np.iinfo(np.int64).max // 2     # INT64_MAX-style "to the end" bounds, kept within Python ints
     for start, end, axis, step in zip(starts, ends, axes, steps):
         axis = int(axis) % sig.rank
         sites = sig.axes[axis]
@@ -336,7 +338,6 @@ def slice_positions(node, rule, ctx):
             continue
         if step == 0:
             raise Unsupported("slice step 0")
-        big = np.iinfo(np.int64).max // 2
         kept = np.arange(sites.length)[slice(int(np.clip(start, -big, big)), int(np.clip(end, -big, big)), int(step))]
         if kept.size == 0:
             raise Unsupported("empty slice")

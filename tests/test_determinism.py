@@ -48,3 +48,20 @@ def test_ctrl_c_exits_130_and_leaves_no_file(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_measuring_a_training_mode_dropout_repeats_and_leaves_the_model_alone():
+    """ONNX Runtime draws an unseeded Dropout mask from a process-wide generator; measure() seeds
+    random ops on what it serializes, so two measurements agree exactly and the model is unchanged."""
+    import numpy as np
+    import onnx
+
+    from onnxinit.measure import gaussian_feeds, measure
+    path = next(p for p in SAMPLES if p.stem == "mlp_selu_dropout")
+    model = onnx.load(path)
+    before = model.SerializeToString()
+    dropout = next(n for n in model.graph.node if n.op_type == "Dropout").output[0]
+    feeds = gaussian_feeds(model, 2048, np.random.default_rng(0))
+    first, second = (measure(model, [dropout], feeds)[dropout] for _ in range(2))
+    assert first == second
+    assert model.SerializeToString() == before

@@ -49,16 +49,8 @@ def calibrate(model: onnx.ModelProto, layers, batch: int = 64, data=None, input_
     tensors = {t.name: t for t in model.graph.initializer}
     outputs = {n.name or n.output[0]: n.output[0] for n in model.graph.node}
     graph = Graph(model)
-    scaled = {}   # layer weight -> the initializer it is linear in (itself, or a weight norm's g)
-    for r in layers:
-        view = graph.weight_view(r.weight) if r.weight not in tensors else None
-        wn = graph.weight_norm(r.weight) if r.weight not in tensors and view is None else None
-        if r.weight in tensors:
-            scaled[r.weight] = r.weight
-        elif view is not None and view.source in tensors:
-            scaled[r.weight] = view.source     # W is the source, moved: linear in it
-        elif wn is not None:
-            scaled[r.weight] = wn.g
+    scaled = {r.weight: graph.linear_source(r.weight) for r in layers}   # the initializer W is linear in
+    scaled = {weight: source for weight, source in scaled.items() if source is not None}
     layers = [r for r in layers if r.weight in scaled and r.node in outputs]
     if not layers:
         return []

@@ -213,6 +213,18 @@ class Graph:
             self._weight_norms[name] = detect(self, name) if name in self.producer else None
         return self._weight_norms[name]
 
+    def linear_source(self, name: str) -> str | None:
+        """The initializer a weight is linear in: scaling it by c scales the weight by c.
+        The weight itself, the source of its view (weightview.py) or its weight norm's g
+        (w = g·v/‖v‖); None when there is none (a weight computed some other way)."""
+        if name in self.initializers:
+            return name
+        view = self.weight_view(name)
+        if view is not None:
+            return view.source if view.source in self.initializers else None
+        wn = self.weight_norm(name)
+        return wn.g if wn is not None and wn.g in self.initializers else None
+
     def weight_tensor(self, name: str) -> onnx.TensorProto | None:
         """The TensorProto holding a weight's payload (initializer or Constant's value)."""
         if name in self.initializers:

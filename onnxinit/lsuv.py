@@ -3,7 +3,8 @@
 The data-dependent baseline: start from orthogonal weights (biases 0), then for
 each weighted layer in graph order, measure the variance of its output on a data
 batch with ONNX Runtime and divide its weight by √Var, until |Var − 1| < tol or
-``max_iters`` tries; later layers are measured with the earlier ones already
+``max_iters`` tries (a weight-normalized layer through its g, a transposed or reshaped
+weight through its source: Graph.linear_source); later layers are measured with the earlier ones already
 rescaled. Weights are inputs of one session, so no rescale rebuilds it.
 """
 from __future__ import annotations
@@ -46,13 +47,26 @@ def lsuv(model_or_path, data, seed: int = 0, tol: float = TOLERANCE, max_iters: 
     if not layers:
         raise OnnxInitError(f"{source}: found no weighted layer with a float weight to initialize")
     feeds = data_feeds(model, data, input_map, limit=batch)
-    weights = {layer.weight: graph.constant_value(layer.weight).copy() for layer in layers}
+    constant = [name for name, value in feeds.items() if value.dtype.kind == "f" and np.ptp(value) == 0]
+    if constant:
+        raise OnnxInitError(f"{data}: input(s) {constant} are constant on the batch; LSUV needs varied data "
+                            "to measure a variance")
+    sources = {layer.weight: graph.linear_source(layer.weight) for layer in layers}
+    unscalable = [layer.name for layer in layers if sources[layer.weight] is None]
+    layers = [layer for layer in layers if sources[layer.weight] is not None]
+    weights = {sources[layer.weight]: np.array(graph.constant_value(sources[layer.weight])) for layer in layers}
     try:
         session = _session(model, set(weights), [layer.node.output[0] for layer in layers], device)
     except Exception as exc:  # noqa: BLE001 - ORT refuses the model
         raise OnnxInitError(f"lsuv: ONNX Runtime cannot run the model ({str(exc).splitlines()[0]})") from exc
-    records, warnings = [], []
+    records = []
+    warnings = [f"{name}: its weight is computed by ops no scale passes through; left as drawn" for name in unscalable]
+    done = set()
     for layer in layers:
+        key = sources[layer.weight]
+        if key in done:    # one tensor feeding several layers is rescaled once, for the first
+            continue
+        done.add(key)
         first = variance = None
         tries = 0
         for tries in range(1, max_iters + 1):
@@ -64,8 +78,8 @@ def lsuv(model_or_path, data, seed: int = 0, tol: float = TOLERANCE, max_iters: 
                 break
             if abs(variance - 1.0) < tol or tries == max_iters:
                 break
-            weights[layer.weight] = (weights[layer.weight] / np.sqrt(variance)).astype(weights[layer.weight].dtype)
-        records.append({"node": layer.name, "weight": layer.weight, "variance_before": first,
+            weights[key] = (weights[key] / np.sqrt(variance)).astype(weights[key].dtype)
+        records.append({"node": layer.name, "weight": key, "variance_before": first,
                         "variance_after": variance, "tries": tries})
     for name, value in weights.items():
         graph.replace_payload(name, value)

@@ -138,6 +138,8 @@ def data_feeds(model: onnx.ModelProto, path, input_map: dict | None = None, limi
             raise OnnxInitError(f"{path}: array {key!r} holds NaN or infinite values")
         if value.dtype.kind not in "fiub":
             raise OnnxInitError(f"{path}: array {key!r} is not numeric ({value.dtype})")
+        if value.ndim and len(value) == 0:
+            raise OnnxInitError(f"{path}: array {key!r} has no rows")
         feeds[vi.name] = value[:limit] if limit and value.ndim else value
         feeds[vi.name] = feeds[vi.name].astype(dtype, copy=False)
     return feeds

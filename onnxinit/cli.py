@@ -55,8 +55,7 @@ def autoinit(model, output, seed, distribution, rules, input_mean, input_var, re
     from .api import autoinit as run
     from .model_io import Spill
     try:
-        _refuse_overwrite(model, output, in_place)
-        _check_output_folder(output)
+        _check_outputs([model, data], output, in_place, [json_path])
         with ProgressBar(enabled=not quiet) as progress, Spill(output.parent) as spill:
             new, report = run(model, seed=seed, distribution=distribution, rules=rules, input_mean=input_mean,
                               input_var=input_var, residual=residual, progress=progress, mode=mode, batch=batch,
@@ -77,6 +76,25 @@ def _check_output_folder(output: Path) -> None:
         raise OnnxInitError(f"{output}: output folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise OnnxInitError(f"{output}: output folder {folder} is not writable")
+
+
+def _check_outputs(inputs, output=None, in_place: bool = False, reports=()) -> None:
+    """Before any work: the output model and every report file (--json, --plot) can be written
+    and overwrite no input (the model only with --in-place) nor each other, so a run never
+    stops after writing some of its files."""
+    inputs = [Path(p) for p in inputs if p is not None]
+    written = []
+    if output is not None:
+        _refuse_overwrite(inputs[0], output, in_place)
+        if any(output.resolve() == other.resolve() for other in inputs[1:]):
+            raise OnnxInitError(f"{output}: output would overwrite an input file")
+        _check_output_folder(output)
+        written.append(output)
+    for path in (Path(p) for p in reports if p is not None):
+        if any(path.resolve() == other.resolve() for other in inputs + written):
+            raise OnnxInitError(f"{path}: a report would overwrite an input or another output")
+        _check_output_folder(path)
+        written.append(path)
 
 
 def _write_results(new, report, output: Path, external_data: bool, json_path, quiet: bool) -> None:
@@ -113,7 +131,7 @@ def init(model, output, scheme, gain, seed, rules, input_mean, input_var, extern
     """Re-initialize MODEL with a classic scheme (fans as torch.nn.init computes them)."""
     from .classic import init as run
     try:
-        _refuse_overwrite(model, output, in_place)
+        _check_outputs([model], output, in_place, [json_path])
         with ProgressBar(enabled=not quiet) as progress:
             new, report = run(model, scheme=scheme, seed=seed, gain=gain, rules=rules, input_mean=input_mean,
                               input_var=input_var, progress=progress, return_report=True)
@@ -151,7 +169,7 @@ def lsuv(model, output, data, inputs, batch, tol, max_iters, seed, rules, device
     """LSUV (data-dependent): orthogonal start, then each layer scaled to unit output variance on DATA."""
     from .lsuv import lsuv as run
     try:
-        _refuse_overwrite(model, output, in_place)
+        _check_outputs([model, data], output, in_place, [json_path])
         new, report = run(model, data, seed=seed, tol=tol, max_iters=max_iters, batch=batch,
                           input_map=_input_map(inputs), rules=rules, device=device, return_report=True)
         _write_results(new, report, output, external_data, json_path, quiet)
@@ -185,6 +203,7 @@ def compare(models, data, labels, inputs, output_name, steps, batch, lr, optimiz
 
     from .compare import checkpoints, compare as run, plot, table
     try:
+        _check_outputs([*models, data], reports=[plot_path, json_path])
         input_map = {key: name for name, key in _input_map(inputs).items()}
         with click.progressbar(length=len(models) * seeds * steps, label="training", file=sys.stderr) as bar:
             results = run(models, data, steps=steps, batch=batch, lr=lr, optimizer=optimizer, seeds=seeds,
@@ -219,7 +238,7 @@ def wninit(model, output, seed, direction, explain, rules, external_data, in_pla
     from .model_io import save_model
     from .wn_api import describe, wninit as run
     try:
-        _refuse_overwrite(model, output, in_place)
+        _check_outputs([model], output, in_place, [json_path])
         new, result = run(model, seed=seed, direction=direction, rules=rules, return_report=True)
         save_model(new, output, external_data=True if external_data else None)
         result.output = str(output)
@@ -284,8 +303,7 @@ def nio(model, output, data, inputs, labels, output_name, iters, batch, subbatch
 
     from .nio import nio as run
     try:
-        _refuse_overwrite(model, output, in_place)
-        _check_output_folder(output)
+        _check_outputs([model, data], output, in_place, [json_path, training_graph])
         input_map = {key: name for name, key in _input_map(inputs).items()}
         with click.progressbar(length=iters, label="NIO", file=sys.stderr,
                                item_show_func=lambda text: text) as bar:
@@ -341,6 +359,7 @@ def export_weights(model, output, names, quiet, debug):
     from .export_weights import export_weights as run
     from .model_io import load_model
     try:
+        _check_outputs([model], output)
         entries = run(load_model(model), output, names=names)
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - one line and exit 2 (130 on Ctrl-C)
         _fail(exc, debug)
@@ -391,6 +410,7 @@ def inspect(model, measure_signal, batch, data, min_var, max_var, rules, input_m
         kwargs = dict(measure_signal=measure_signal, batch=batch, data=data, rules=rules, input_mean=input_mean,
                       input_var=input_var, all_tensors=all_tensors, min_var=min_var, max_var=max_var,
                       mismatch=mismatch, device=device)
+        _check_outputs([model, data, *compare], reports=[plot_path, json_path])
         result = inspect_model(model, **kwargs)
         others = [inspect_model(m, **kwargs) for m in compare]
         click.echo(table(result, limit=rows or None))
@@ -413,6 +433,7 @@ def check(model, measure_signal, batch, data, min_var, max_var, rules, input_mea
     """Exit 0 when every weighted layer's variance is in [--min-var, --max-var], 1 when not, 2 on bad input."""
     from .inspect import inspect_model
     try:
+        _check_outputs([model, data], reports=[json_path])
         result = inspect_model(model, measure_signal=measure_signal, batch=batch, data=data, rules=rules,
                                input_mean=input_mean, input_var=input_var, min_var=min_var, max_var=max_var,
                                command="check", device=device)

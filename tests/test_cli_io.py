@@ -94,3 +94,28 @@ def test_outputs_get_the_umask_permissions(tmp_path):
         os.umask(mask)
     for name in ("out.onnx", "out.onnx.data", "r.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_unwritable_report_path_is_refused_before_any_output(tmp_path):
+    """--json (or --plot) into a missing folder, or onto the input, stops before the model is written."""
+    sample = next(p for p in SAMPLES if p.stem == "mlp_relu_deep")
+    out = tmp_path / "out.onnx"
+    missing = tmp_path / "no" / "such" / "r.json"
+    for command in (["autoinit"], ["init", "--scheme", "he-normal"], ["wninit"]):
+        for report in (missing, sample):
+            r = run(*command, sample, "-o", out, "--json", report)
+            assert r.returncode == 2, (command, report, r.stderr)
+            assert "Traceback" not in r.stderr
+            assert [p.name for p in tmp_path.iterdir()] == [], (command, list(tmp_path.iterdir()))
+    for command in (["inspect", "--plot", missing], ["check", "--json", missing]):
+        r = run(*command[:1], sample, *command[1:])
+        assert r.returncode == 2, (command, r.stderr)
+        assert not missing.parent.exists()
+
+
+def test_export_weights_never_overwrites_its_input(tmp_path):
+    model = tmp_path / "m.npz"   # an ONNX file under a weights name: -o equal to it must be refused
+    model.write_bytes(SAMPLES[0].read_bytes())
+    r = run("export-weights", model, "-o", model)
+    assert r.returncode == 2 and "input" in r.stderr, r.stderr
+    assert model.read_bytes() == SAMPLES[0].read_bytes()

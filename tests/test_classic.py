@@ -112,6 +112,45 @@ def test_torch_default_matches_pytorch_construction(name):
     assert checked >= 4
 
 
+def _torch_module(torch, layer):
+    """The PyTorch layer that would hold this weight, constructed (so reset_parameters ran)."""
+    shape = layer.torch_shape
+    if layer.layout.kind == "conv":
+        groups = layer.layout.group_count
+        conv = {3: torch.nn.Conv1d, 4: torch.nn.Conv2d, 5: torch.nn.Conv3d}[len(shape)]
+        return conv(shape[1] * groups, shape[0], tuple(shape[2:]), groups=groups)
+    return torch.nn.Linear(shape[1], shape[0])
+
+
+@pytest.mark.parametrize("name", ["mlp_relu_deep", "cnn_plain", "resnet20_nobn", "mbconv_se"])
+def test_torch_default_matches_torch_modules(name):
+    """torch as the oracle: modules of each layer's type and shape, constructed by PyTorch
+    (pooled over constructions to at least 20k values), have the std and bound our
+    torch-default draws use, weights within 2%, biases within 2% or four standard errors."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model, report = init(SAMPLE[name], scheme="torch-default", seed=5, return_report=True)
+    draws = {d["tensor"]: d for d in report.extra["draws"]}
+    layers = [la for la in weighted_layers(Graph(model), RuleTable()) if la.layout.kind in ("conv", "gemm", "matmul")]
+    assert len(layers) >= 4
+    for layer in layers:
+        module = _torch_module(torch, layer)
+        repeats = max(1, -(-20000 // module.weight.numel()))
+        weights, biases = [], []
+        for _ in range(min(repeats, 200)):
+            module.reset_parameters()
+            weights.append(module.weight.detach().numpy().ravel().copy())   # numpy() shares the storage
+            biases.append(module.bias.detach().numpy().ravel().copy())
+        for tensor, pooled in [(layer.weight, np.concatenate(weights)), (layer.bias, np.concatenate(biases))]:
+            if tensor is None or tensor not in draws:
+                continue
+            d = draws[tensor]
+            assert d["distribution"] == "uniform", d
+            tolerance = max(0.02, 4.0 / math.sqrt(2.0 * pooled.size))
+            assert abs(pooled.std() / d["std"] - 1) < tolerance, (d, pooled.std())
+            assert np.abs(pooled).max() <= math.sqrt(3) * d["std"] * (1 + 1e-6), d
+
+
 def _chain_model():
     """Gemm -> Tanh -> Gemm -> LeakyRelu(0.2) -> Gemm -> Relu -> Gemm."""
     rng = np.random.default_rng(0)

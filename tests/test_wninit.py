@@ -76,6 +76,19 @@ def test_first_layers_gamma_2():
     assert sorted({round(r.gain, 6) for r in firsts}) == [1.0, round(math.sqrt(2), 6)]   # 16->32 stride 2: 1
 
 
+def test_middle_layers_gamma_2():
+    """A bottleneck's middle layer is followed by a rectifier: gamma 2, g = sqrt(2 fan_in / fan_out)."""
+    _, result, _ = initialized("resnet_bottleneck")
+    middles = [r for r in result.layers if r.role == "middle"]
+    assert len(middles) == 6 and all(r.gamma == 2 and r.rectified for r in middles)
+    for r in middles:
+        assert r.gain == pytest.approx(expected_gain(r), rel=1e-12)
+    stems, heads = [r for r in result.layers if r.role == "stem"], [r for r in result.layers if r.role == "head"]
+    assert [r.gamma for r in stems] == [2] and [r.gamma for r in heads] == [1]
+    for r in stems + heads:
+        assert r.gain == pytest.approx(expected_gain(r), rel=1e-12)
+
+
 @pytest.mark.parametrize("name,b_k", [("resnet20_wn", 3), ("resnet56_nobn", 9), ("resnet_bottleneck", 2)])
 def test_last_layers_gamma_one_over_blocks_in_stage(name, b_k):
     _, result, _ = initialized(name)

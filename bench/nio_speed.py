@@ -1,6 +1,6 @@
 """Wall time of one NIO iteration with ONNX Runtime against PyTorch double backward (issue 5).
 
-    .venv-train/bin/python bench/nio_speed.py [--repeat 5] [--batch 128] [--subbatches 3] [--two-threads] [--forward]
+    .venv-train/bin/python bench/nio_speed.py [--repeat 5] [--batch 128] [--subbatches 3] [--two-threads] [--central]
         [--ort-threads N]
 
 Model: samples/resnet20_bn_train.onnx (BatchNorm in training mode), a batch of 128 random
@@ -9,9 +9,10 @@ the authors' variant unconstrained: J = -(GradCosine over the off-diagonal pairs
 One iteration is what NIO computes per step: the sub-batch gradients g_d (one forward with
 per-sample weights), the statistics, and dJ/dw_k for one scale coefficient per weight tensor.
 
-    ours:  NioProblem.coefficient_gradient (onnxinit/nio.py): the stacked gradient graph once,
-           then Hessian-vector products by central differences of the frozen gradient graph
-           (2 runs per sub-batch), ONNX Runtime threads as the package sets them
+    ours:  NioProblem.coefficient_gradient (onnxinit/nio.py) as nio() runs it by default: the
+           stacked gradient graph once, then Hessian-vector products by forward differences,
+           the D moved gradients from one run of the stacked frozen graph (its reference
+           pass shared), ONNX Runtime threads as the package sets them
            (train/graph.session_options: default intra-op count, no spinning), numpy BLAS on
            one thread as nio() runs it.
     torch: tests/torch_oracle.coefficient_gradient (imported, the tests' oracle): the same
@@ -19,8 +20,8 @@ per-sample weights), the statistics, and dJ/dw_k for one scale coefficient per w
            one forward, J, and its gradient wrt the coefficients by double backward;
            torch.set_num_threads(1) (the oracle's setting); --two-threads adds the 2-thread figure
            (on a busy 2-core machine torch's threads contend: about 3x slower, so not by default).
-    --forward adds ours with forward differences (nio(differences="forward"): 1 + D gradient
-           runs, relative error ~3e-4 instead of ~1e-4), an option of the package, not the default.
+    --central adds ours with central differences (nio(differences="central"): 2D moved
+           gradients, relative error ~1e-4 instead of ~3e-4), the package's more exact option.
     --ort-threads N sets ONNX Runtime's intra-op threads (here only, by wrapping the package's
            session options) for a like-for-like comparison with the 1-thread torch figure.
 
@@ -72,7 +73,7 @@ def main():
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--subbatches", type=int, default=3)
     parser.add_argument("--two-threads", action="store_true", help="also time torch on 2 threads")
-    parser.add_argument("--forward", action="store_true", help="also time ours with forward differences")
+    parser.add_argument("--central", action="store_true", help="also time ours with central differences")
     parser.add_argument("--ort-threads", type=int, default=0,
                         help="ONNX Runtime intra-op threads (0: as the package sets them)")
     args = parser.parse_args()
@@ -89,7 +90,7 @@ def main():
     model = onnx.load(str(SAMPLE))
     training = build_training_graph(model)
     engine = GradientEngine(training)
-    problem = NioProblem(training, engine, "authors", "central")
+    problem = NioProblem(training, engine, "authors", "forward")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, 3, 32, 32)).astype(np.float32)
     y = rng.integers(0, 10, args.batch)
@@ -106,9 +107,9 @@ def main():
                                                  problem.coefficients, "authors", constrained=False)
 
     sides = {"ours": ours, "torch1": theirs}
-    if args.forward:
-        forward = NioProblem(training, engine, "authors", "forward")   # same engine: same sessions
-        sides["forward"] = lambda: ours(forward)
+    if args.central:
+        central = NioProblem(training, engine, "authors", "central")   # same engine, its own stacked session
+        sides["central"] = lambda: ours(central)
     if args.two_threads:
         def theirs_two():
             torch.set_num_threads(2)
@@ -130,29 +131,29 @@ def main():
     params = sum(w.size for w in training.weights.values())
     print(f"ResNet-20 + BatchNorm (training mode): {params / 1e3:.0f}k weights, {len(problem.coefficients)} "
           f"coefficients, {len(problem.tracked)} tracked tensors")
-    print(f"batch {args.batch}, D={args.subbatches} sub-batches (overlap 0.2), authors' variant, central "
-          f"differences; median of {args.repeat} after a warm-up; {os.cpu_count()} CPUs seen")
+    print(f"batch {args.batch}, D={args.subbatches} sub-batches (overlap 0.2), authors' variant; median of "
+          f"{args.repeat} after a warm-up; {os.cpu_count()} CPUs seen")
     threads = f"{args.ort_threads} intra-op thread(s)" if args.ort_threads else "default intra-op threads"
-    print(f"ours  (ONNX Runtime {engine.runtime.__version__}, {threads}, 1 + 2D = "
-          f"{1 + 2 * args.subbatches} gradient runs): {median['ours']:.3f} s   "
+    print(f"ours  (ONNX Runtime {engine.runtime.__version__}, {threads}, forward differences, 2 runs: "
+          f"D + D gradients): {median['ours']:.3f} s   "
           f"[{', '.join(f'{t:.3f}' for t in times['ours'])}]")
     print(f"torch (double backward, 1 thread, torch {torch.__version__}):           {median['torch1']:.3f} s   "
           f"[{', '.join(f'{t:.3f}' for t in times['torch1'])}]")
     if "torch2" in median:
         print(f"torch (double backward, 2 threads):                                  {median['torch2']:.3f} s   "
               f"[{', '.join(f'{t:.3f}' for t in times['torch2'])}]")
-    if "forward" in median:
-        print(f"ours, forward differences (1 + D = {1 + args.subbatches} gradient runs):                "
-              f"{median['forward']:.3f} s   [{', '.join(f'{t:.3f}' for t in times['forward'])}]")
+    if "central" in median:
+        print(f"ours, central differences (2 runs: D + 2D gradients):                "
+              f"{median['central']:.3f} s   [{', '.join(f'{t:.3f}' for t in times['central'])}]")
     print(f"agreement with torch: relative difference {agreement(a, b)}")
-    if "forward" in median:
-        c = np.array([results["forward"][k] for k in problem.coefficients])
-        print(f"agreement with torch, forward differences: relative difference {agreement(c, b)}")
+    if "central" in median:
+        c = np.array([results["central"][k] for k in problem.coefficients])
+        print(f"agreement with torch, central differences: relative difference {agreement(c, b)}")
     print(f"ratio ours / torch (1 thread): {median['ours'] / median['torch1']:.2f}x   (target <= 1.0x)")
     if "torch2" in median:
         print(f"ratio ours / torch (2 threads): {median['ours'] / median['torch2']:.2f}x")
-    if "forward" in median:
-        print(f"ratio ours with forward differences / torch (1 thread): {median['forward'] / median['torch1']:.2f}x")
+    if "central" in median:
+        print(f"ratio ours with central differences / torch (1 thread): {median['central'] / median['torch1']:.2f}x")
 
 
 if __name__ == "__main__":

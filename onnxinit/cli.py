@@ -287,9 +287,9 @@ def _gamma(value: str):
 @click.option("--start", type=click.Choice(["autoinit", "keep"]), default="autoinit", show_default=True,
               help="autoinit: start from AutoInit's weights; keep: from the model's own.")
 @click.option("--loss", type=click.Choice(["ce", "mse"]), default="ce", show_default=True)
-@click.option("--differences", type=click.Choice(["central", "forward"]), default="central", show_default=True,
-              help="Hessian-vector products by central differences of gradients (2D gradient runs, ~1e-4 "
-                   "relative error) or forward ones (D runs, ~3e-4; faster).")
+@click.option("--differences", type=click.Choice(["forward", "central"]), default="forward", show_default=True,
+              help="Hessian-vector products by forward differences of gradients (D more gradients, ~3e-4 "
+                   "relative error) or central ones (2D, ~1e-4; slower).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--export-training-graph", "training_graph", type=click.Path(path_type=Path),

@@ -15,14 +15,15 @@ norm, else it ascends GC + GN. The derivative needs second order terms: with J t
 descended and v_d = dJ/dg_d (closed form, objective_direction),
 
     dJ/dw_k = sum_d <(H_d v_d)_k, W_k>,   H_d the Hessian of sub-batch d's loss at theta,
-    H_d v_d ~ (g_d(theta + eps v_d) - g_d(theta - eps v_d)) / (2 eps),   eps = h ||theta|| / ||v_d||,
+    H_d v_d ~ (g_d(theta + eps v_d) - g_d(theta)) / eps,   eps = h ||theta|| / ||v_d||, h = 1e-5
 
-with the gradients at theta +- eps v_d taken with every activation pattern (ReLU masks,
+(forward differences, the default: g_d(theta) is already there, so D more gradients), or
+(g_d(theta + eps v_d) - g_d(theta - eps v_d)) / (2 eps) with h = 1e-4 ("central": 2D more).
+The gradients at the moved points are taken with every activation pattern (ReLU masks,
 max-pool choices) frozen at theta (train/frozen.py): as double backward does, and without
-the jumps of units crossing a kink, which otherwise make 20-30% of the result. Against
-PyTorch double backward this is within 1e-5 to 1e-4 (h = 1e-4; "forward" differences,
-(g_d(theta + eps v_d) - g_d(theta)) / eps with h = 1e-5, reuse g_d(theta): a third fewer
-gradient runs, 1e-4 to 3e-4). Every gradient comes from ONNX Runtime (train/engine.py).
+the jumps of units crossing a kink, which otherwise make 20-30% of the result; all of them
+come from one run of the stacked frozen graph (train/engine.py). Against PyTorch double
+backward: forward 1e-4 to 3e-4 relative error, central 1e-5 to 1e-4 (tests/test_nio.py).
 
 Sub-batches follow the authors' slicing in both variants (the paper's Eq. 7 leaves samples
 out for D > 2). Deliberate difference from the authors' code: a bias whose coefficient
@@ -124,7 +125,7 @@ def objective_direction(flat: np.ndarray, variant: str, constrained: bool) -> np
 class NioProblem:
     """The NIO objective on one model: statistics of g_d and their derivative wrt the coefficients."""
 
-    def __init__(self, training, engine, variant: str = "authors", differences: str = "central",
+    def __init__(self, training, engine, variant: str = "authors", differences: str = "forward",
                  step: float | None = None):
         if variant not in VARIANTS:
             raise OnnxInitError(f"variant must be one of {', '.join(VARIANTS)}, not {variant!r}")
@@ -176,20 +177,26 @@ class NioProblem:
         return stats, constrained, self._second_order(theta, grads, v, feeds, rows)
 
     def _second_order(self, theta: dict, grads: dict, v: np.ndarray, feeds: dict, rows: np.ndarray) -> dict:
-        """sum_d <(H_d v_d)_k, W_k> for every coefficient k, by finite differences of frozen gradients."""
+        """sum_d <(H_d v_d)_k, W_k> for every coefficient k, by finite differences of frozen gradients:
+        (g_d(theta + eps_d v_d) - g_d(theta - eps_d v_d)) / 2 eps_d (central), or against g_d(theta)
+        (forward); every perturbed gradient from one run of the stacked frozen graph."""
         scale = np.sqrt(sum(float(np.sum(theta[k].astype(np.float64) ** 2)) for k in self.tracked))
-        dj = dict.fromkeys(self.coefficients, 0.0)
+        signs = (1.0, -1.0) if self.differences == "central" else (1.0,)
+        points, point_rows, steps = [], [], []
         for d in range(len(rows)):
             eps = self.step * scale / max(np.linalg.norm(v[d]), 1e-300)
             move = self._unflat(v[d] * eps)
-            _, high = self.engine.loss_and_grads({k: theta[k] + move[k] if k in move else theta[k] for k in theta},
-                                                 feeds, rows[d], reference=theta)
+            steps.append(eps)
+            for sign in signs:
+                points.append({k: theta[k] + sign * move[k] if k in move else theta[k] for k in theta})
+                point_rows.append(rows[d])
+        perturbed = self.engine.frozen_gradients(points, feeds, np.stack(point_rows), reference=theta)
+        dj = dict.fromkeys(self.coefficients, 0.0)
+        for d, eps in enumerate(steps):
             if self.differences == "central":
-                _, low = self.engine.loss_and_grads({k: theta[k] - move[k] if k in move else theta[k]
-                                                     for k in theta}, feeds, rows[d], reference=theta)
-                span = 2 * eps
+                high, low, span = perturbed[2 * d], perturbed[2 * d + 1], 2 * eps
             else:
-                low, span = {k: g[d] for k, g in grads.items()}, eps
+                high, low, span = perturbed[d], {k: g[d] for k, g in grads.items()}, eps
             for k in self.coefficients:
                 dj[k] += float(np.vdot(high[k].astype(np.float64) - low[k], self.base[k])) / span
         return dj
@@ -269,7 +276,7 @@ def _iterate(problem: NioProblem, steps, dataset, labels: str, rows, gamma: floa
 def nio(model_or_path, data, input_map: dict | None = None, labels: str = "y", output_name: str | None = None,
         iters: int = 100, batch: int = 128, subbatches: int = 4, overlap: float = 0.2, gamma=10.0,
         lr: float = 0.003, seed: int = 0, start: str = "autoinit", variant: str = "authors", loss: str = "ce",
-        device: str = "auto", differences: str = "central", progress=None):
+        device: str = "auto", differences: str = "forward", progress=None):
     """Run NIO; returns (new ModelProto, report dict). See the module docstring.
 
     ``data``: dict of arrays or an .npz path, model inputs by name (or via ``input_map``,

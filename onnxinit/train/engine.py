@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import OnnxInitError
 from .frozen import REF
-from .graph import TrainingGraph, frozen_gradient_graph, session_options, stacked_gradient_graph, training_runtime
+from .graph import (TrainingGraph, frozen_gradient_graph, session_options, stacked_frozen_graph, stacked_gradient_graph,
+                    training_runtime)
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -109,6 +110,26 @@ class GradientEngine:
         results = self._run(session, [f"{name}/{d}" for name in names for d in range(count)], run_feeds)
         per_name = [np.stack(results[k * count:(k + 1) * count]) for k in range(len(names))]
         return per_name[0], dict(zip(self.training.weights, per_name[1:]))
+
+    def frozen_gradients(self, points: list, feeds: dict, rows: np.ndarray, reference: dict) -> list:
+        """[{weight: gradient}]: at each weight point ``points[j]`` (missing weights: the model's
+        own) with sample weights ``rows[j]``, activation patterns frozen at ``reference``; one
+        run of the stacked frozen graph, which computes the reference pass once."""
+        count = len(points)
+        rows = np.asarray(rows, np.float32)
+        if self.training.sample_weights is None or rows.shape[0] != count or rows.ndim != 2:
+            raise OnnxInitError("frozen_gradients needs a graph with sample weights and one row per point")
+        if self.training.labels not in feeds:
+            raise OnnxInitError(f"feeds need the labels under {self.training.labels!r}")
+        session = self._session(("frozen", count), lambda: stacked_frozen_graph(self.training, count))
+        run_feeds = {**feeds, **{REF + k: v for k, v in self._weight_feeds(reference).items()}}
+        for j, point in enumerate(points):
+            run_feeds.update({f"{k}/{j}": v for k, v in self._weight_feeds(point).items()})
+            run_feeds[f"{self.training.sample_weights}/{j}"] = rows[j]
+        names = [self.training.grads[w] for w in self.training.weights]
+        results = self._run(session, [f"{name}/{j}" for j in range(count) for name in names], run_feeds)
+        per_point = len(names)
+        return [dict(zip(self.training.weights, results[j * per_point:(j + 1) * per_point])) for j in range(count)]
 
     def forward(self, weights: dict, feeds: dict) -> np.ndarray:
         """The logits at ``weights``, from the model's inputs in ``feeds``."""

@@ -15,9 +15,10 @@ own name. BatchNormalization runs in training mode
 (batch statistics over the whole batch; running statistics neither used nor updated);
 dropout is off; ops without a gradient in ONNX Runtime are rewritten (train/rewrites.py).
 ONNX Runtime's training build (``GradientGraphBuilder``) then adds dL/dW for every weight W
-as the outputs ``W_grad``. Two variants serve the engine: the stacked graph (D gradients
-from one forward pass) and the frozen graph (gradients with activation patterns fixed at
-reference weights, train/frozen.py).
+as the outputs ``W_grad``. Variants serve the engine: the stacked graph (D gradients
+from one forward pass), the frozen graph (gradients with activation patterns fixed at
+reference weights, train/frozen.py) and the stacked frozen graph (K such gradients at K
+weight points from one reference pass).
 """
 from __future__ import annotations
 
@@ -307,9 +308,24 @@ def stacked_gradient_graph(training: TrainingGraph, count: int) -> onnx.ModelPro
     """
     if training.sample_weights is None:
         raise OnnxInitError("stacked gradients need a training graph built with sample weights")
-    source = training.model
+    return _stacked(training.model, {training.sample_weights}, count)
+
+
+def stacked_frozen_graph(training: TrainingGraph, count: int) -> onnx.ModelProto:
+    """The frozen gradient graph computing ``count`` gradients in one run, copy d at its own
+    weights ``<W>/d`` and sample weights ``<sample weights>/d``; the reference pass (the
+    activation patterns, from ``ref/<W>``) runs once for all of them."""
+    if training.sample_weights is None:
+        raise OnnxInitError("stacked gradients need a training graph built with sample weights")
+    return _stacked(frozen_gradient_graph(training), {training.sample_weights, *training.weights}, count)
+
+
+def _stacked(source: onnx.ModelProto, per_copy: set, count: int) -> onnx.ModelProto:
+    """``source`` with every node that depends on the inputs ``per_copy`` copied ``count`` times:
+    copy d reads ``<input>/d`` for those inputs and writes ``<name>/d`` for each of its tensors
+    (outputs included); what depends on none of them is computed once and shared."""
     order = Graph(source).nodes
-    tainted, backward = {training.sample_weights}, []
+    tainted, backward = set(per_copy), []
     for node in order:
         if any(name in tainted for name in node.input):
             backward.append(node)
@@ -319,18 +335,18 @@ def stacked_gradient_graph(training: TrainingGraph, count: int) -> onnx.ModelPro
     graph = stacked.graph
     del graph.node[:]
     graph.node.extend(n for n in order if not any(name in tainted for name in n.input))
-    template = next(i for i in graph.input if i.name == training.sample_weights)
-    inputs = [i for i in graph.input if i.name != training.sample_weights]
+    templates = [i for i in graph.input if i.name in per_copy]
+    inputs = [i for i in graph.input if i.name not in per_copy]
     outputs = list(graph.output)
     del graph.input[:], graph.output[:]
     graph.input.extend(inputs)
     graph.output.extend(o for o in outputs if o.name not in tainted)
     for d in range(count):
         rename = {name: f"{name}/{d}" for name in tainted}
-        row = onnx.ValueInfoProto()
-        row.CopyFrom(template)
-        row.name = rename[training.sample_weights]
-        graph.input.append(row)
+        for template in templates:
+            row = graph.input.add()
+            row.CopyFrom(template)
+            row.name = rename[template.name]
         for index, node in enumerate(backward):
             copy = graph.node.add()
             copy.CopyFrom(node)

@@ -103,6 +103,9 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
             result = propagate(graph, table, Moments(input_mean, input_var), scheme, progress, residual)
     finally:
         scheme.close()
+    if not result.layers and not result.embeddings:
+        raise OnnxInitError(f"{source}: found no weighted layer with a float weight to initialize "
+                            "(integer and quantized weights are left to their quantizer)")
     calibration = []
     if mode == "empirical":
         from .empirical import calibrate

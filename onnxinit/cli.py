@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -78,6 +79,17 @@ def _check_output_folder(output: Path) -> None:
         raise OnnxInitError(f"{output}: output folder {folder} is not writable")
 
 
+def _refuse_external_data_overwrite(model: Path, output: Path) -> None:
+    """The output model and its data file (OUTPUT.data) must not be the input's external data."""
+    from .model_io import data_file_name, external_data_files
+    targets = {p.resolve() for p in (output, output.parent / data_file_name(output)) if p.is_file()}
+    if not targets or not model.is_file():
+        return
+    clash = targets & external_data_files(model)
+    if clash:
+        raise OnnxInitError(f"{output}: writing it would overwrite {sorted(clash)[0]}, the external data of {model}")
+
+
 def _check_outputs(inputs, output=None, in_place: bool = False, reports=()) -> None:
     """Before any work: the output model and every report file (--json, --plot) can be written
     and overwrite no input (the model only with --in-place) nor each other, so a run never
@@ -89,6 +101,7 @@ def _check_outputs(inputs, output=None, in_place: bool = False, reports=()) -> N
         if any(output.resolve() == other.resolve() for other in inputs[1:]):
             raise OnnxInitError(f"{output}: output would overwrite an input file")
         _check_output_folder(output)
+        _refuse_external_data_overwrite(inputs[0], output)
         written.append(output)
     for path in (Path(p) for p in reports if p is not None):
         if any(path.resolve() == other.resolve() for other in inputs + written):
@@ -492,25 +505,39 @@ def save_text(path: Path, text: str) -> None:
     publish(tmp, path)
 
 
-def _interrupted():
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI runner cancelling a job): unwound like Ctrl-C, so temp files go."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _interrupted(exc=None):
     click.echo("interrupted; no output written", err=True)
-    sys.exit(130)
+    sys.exit(143 if isinstance(exc, Terminated) else 130)
 
 
 def _fail(exc, debug):
     if isinstance(exc, KeyboardInterrupt):
-        _interrupted()
+        _interrupted(exc)
     if debug:
         traceback.print_exc()
-    click.echo(f"error: {exc}", err=True)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, MemoryError):
+        message = f"out of memory ({lines[0] if lines else 'the model declares tensors too large to hold'})"
+    else:
+        message = lines[0] if lines else type(exc).__name__
+    click.echo(f"error: {message}", err=True)   # one line; --debug shows the rest
     sys.exit(2)
 
 
 def main():
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli(standalone_mode=True)
-    except KeyboardInterrupt:
-        _interrupted()
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
 
 
 if __name__ == "__main__":

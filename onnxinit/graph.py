@@ -187,8 +187,6 @@ class Graph:
         """(shape, numpy dtype) of a weight, without reading its values; None if unknown."""
         tensor = self.weight_tensor(name)
         if tensor is not None:
-            if tensor.data_type == onnx.TensorProto.BFLOAT16:
-                return None
             return tuple(int(d) for d in tensor.dims), np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
         view = self.weight_view(name)
         if view is not None:

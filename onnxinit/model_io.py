@@ -12,6 +12,7 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from .errors import OnnxInitError
+from .validate import check_model, tensor_bytes
 
 TWO_GB = 2**31
 EXTERNAL_THRESHOLD = 1024  # tensors at least this many bytes go to the data file
@@ -42,10 +43,28 @@ def check_external_data(model: onnx.ModelProto, model_dir: Path) -> None:
             raise OnnxInitError(f"tensor {tensor.name!r}: external data file {location!r} is missing")
         offset = int(info.get("offset", 0) or 0)
         length = info.get("length")
+        needed = tensor_bytes(tensor)
+        if length is not None and needed is not None and int(length) != needed:
+            raise OnnxInitError(f"tensor {tensor.name!r}: external data length {int(length)} in {location!r} does not match its "
+                                f"dims {list(tensor.dims)} ({needed} bytes)")
+        needed = int(length) if length is not None else needed
         size = target.stat().st_size
-        if length is not None and offset + int(length) > size:
+        if needed is not None and offset + needed > size:
             raise OnnxInitError(f"tensor {tensor.name!r}: external data file {location!r} is too short "
-                                f"({size} bytes, needs {offset + int(length)})")
+                                f"({size} bytes, needs {offset + needed})")
+
+
+def external_data_files(path) -> set:
+    """Resolved paths of the external data files the model at ``path`` refers to (none if
+    it cannot be parsed: load_model says why)."""
+    path = Path(path)
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError, RuntimeError, OSError):
+        return set()
+    root = path.parent.resolve()
+    return {(root / e.value).resolve() for t in _tensors_with_external_data(model) for e in t.external_data
+            if e.key == "location" and e.value}
 
 
 def load_model(path, lazy: bool = False) -> onnx.ModelProto:
@@ -68,6 +87,7 @@ def load_model(path, lazy: bool = False) -> onnx.ModelProto:
         raise OnnxInitError(f"{path}: not a valid ONNX model ({exc.__class__.__name__}: {exc})") from exc
     if not model.HasField("graph") or (not model.graph.node and not model.graph.initializer):
         raise OnnxInitError(f"{path}: not an ONNX model (no graph)")
+    check_model(model, path)
     check_external_data(model, path.parent)
     if lazy:
         root = path.parent.resolve()

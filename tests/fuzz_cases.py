@@ -3,10 +3,13 @@
     python tests/fuzz_cases.py --seed 0 --cases 500
 
 Each case (byte flips, truncation, dropped nodes, renamed inputs, random
-attribute values, random or absurd input dims, other opsets, wrong dtypes) is
-written to a fresh folder and run through one subcommand in-process. A case
-is bad when it raises anything but a clean exit, exits other than 0/1/2,
-takes longer than the per-case limit, or leaves a file behind on failure.
+attribute values, random or absurd input dims, other opsets, wrong dtypes,
+initializer dims that do not match the payload, payloads moved to external
+data that is missing or outside the folder) is written to a fresh folder and
+run through one subcommand in-process. A case is bad when it raises anything
+but a clean exit, exits other than 0/1/2, takes longer than the per-case
+limit, leaves a file behind on failure, or writes a model (exit 0) that the
+ONNX checker refuses.
 Prints the counts; exits 1 when any case is bad.
 """
 from __future__ import annotations
@@ -24,7 +27,8 @@ import onnx
 
 
 def _mutate_proto(model: onnx.ModelProto, rng: random.Random) -> bytes:
-    kind = rng.choice(["drop_node", "rename_input", "attribute", "input_shape", "absurd_dim", "opset", "dtype"])
+    kind = rng.choice(["drop_node", "rename_input", "attribute", "input_shape", "absurd_dim", "opset", "dtype",
+                       "initializer_dims", "external"])
     graph = model.graph
     if kind == "drop_node" and graph.node:
         del graph.node[rng.randrange(len(graph.node))]
@@ -50,6 +54,15 @@ def _mutate_proto(model: onnx.ModelProto, rng: random.Random) -> bytes:
             d.dim_value = rng.choice([1, 3, 5]) if kind == "input_shape" else rng.choice([10**9, 2**40])
     elif kind == "opset":
         model.opset_import[0].version = rng.choice([1, 7, 99])
+    elif kind == "initializer_dims" and graph.initializer:
+        t = rng.choice(graph.initializer)
+        if t.dims:
+            t.dims[rng.randrange(len(t.dims))] = rng.choice([0, 1, 10**6, 10**12])
+    elif kind == "external" and graph.initializer:   # payload moved to a file that is not there or not allowed
+        t = rng.choice(graph.initializer)
+        t.ClearField("raw_data")
+        t.data_location = onnx.TensorProto.EXTERNAL
+        t.external_data.add(key="location", value=rng.choice(["../outside.bin", "/etc/hostname", "missing.bin"]))
     elif kind == "dtype":
         tensors = [t for t in graph.initializer]
         if tensors:
@@ -142,6 +155,12 @@ def main(argv=None) -> int:
                 problem, result = f"took over {args.limit} s", None
             finally:
                 signal.alarm(0)
+            if problem is None and result is not None and result.exit_code == 0 and out.suffix == ".onnx" \
+                    and out.exists():
+                try:
+                    onnx.checker.check_model(str(out))
+                except onnx.checker.ValidationError as exc:
+                    problem = f"wrote a model the ONNX checker refuses ({str(exc).splitlines()[0][:80]})"
             left = sorted(p.name for p in Path(tmp).iterdir()
                           if p.name not in ("case.onnx", "data.npz") and not (p == out and result is not None and result.exit_code == 0))
             if left:
@@ -151,7 +170,7 @@ def main(argv=None) -> int:
             elif result is not None:
                 counts[result.exit_code] += 1
     print(f"fuzz{' (training commands)' if args.training else ''}: {args.cases} cases in {time.time() - start:.0f} s; exit 0: {counts[0]}, exit 1: {counts[1]}, "
-          f"exit 2: {counts[2]}; tracebacks, hangs or partial files: {len(bad)}")
+          f"exit 2: {counts[2]}; tracebacks, hangs, partial files or invalid outputs: {len(bad)}")
     for line in bad:
         print("  " + line)
     return 1 if bad else 0

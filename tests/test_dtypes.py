@@ -38,6 +38,23 @@ def test_own_dtype(elem_type):
             assert 0.85 < measured[name][1] < 1.15, (name, measured[name])
 
 
+@pytest.mark.parametrize("elem_type", [TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE],
+                         ids=["float16", "bfloat16", "float64"])
+def test_classic_and_wninit_in_own_dtype(elem_type):
+    """init's schemes and wninit draw in float64 and store in the weight's dtype (he-normal: std
+    sqrt(2/fan_in) within sampling error; wninit: rows of norm g)."""
+    from onnxinit.classic import init
+    from onnxinit.wn_api import wninit
+    model = init(mlp(elem_type), scheme="he-normal", seed=2)
+    w1 = numpy_helper.to_array(model.graph.initializer[0]).astype(np.float64)
+    assert model.graph.initializer[0].data_type == elem_type
+    assert abs(w1.std() / np.sqrt(2 / 16) - 1) < 0.1
+    model = wninit(mlp(elem_type), seed=2)
+    assert [t.data_type for t in model.graph.initializer] == [elem_type] * 2
+    w1 = numpy_helper.to_array(model.graph.initializer[0]).astype(np.float64)   # (in 16, out 64): gain sqrt(2*16/64)
+    np.testing.assert_allclose(np.linalg.norm(w1, axis=0), np.sqrt(2 * 16 / 64), rtol=1e-2)
+
+
 def test_no_float_weights_is_refused(tmp_path):
     w = numpy_helper.from_array(np.ones((4, 4), np.int8), "w")
     node = helper.make_node("MatMulInteger", ["x", "w"], ["y"])

@@ -84,3 +84,22 @@ def test_small_output_inlines_deferred_payloads(tmp_path):
     assert all(t.data_location == TensorProto.DEFAULT for t in model.graph.initializer)
     onnx.checker.check_model(model)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data", "inline.onnx"]
+
+
+def test_over_the_threshold_output_goes_to_external_data_by_itself(tmp_path, monkeypatch):
+    """Without --external-data a model whose payloads pass the 2 GB threshold (forced down to
+    64 MB here) is written with its data beside it, and loads in ONNX Runtime."""
+    from click.testing import CliRunner
+
+    from onnxinit import model_io
+    from onnxinit.cli import cli
+    monkeypatch.setattr(model_io, "TWO_GB", 128 << 20)   # threshold: TWO_GB - 64 MB
+    path = _build(tmp_path)
+    out = tmp_path / "auto.onnx"
+    result = CliRunner().invoke(cli, ["autoinit", str(path), "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["auto.onnx", "auto.onnx.data", "big.onnx", "big.onnx.data"]
+    assert out.stat().st_size < 1 << 20
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    y = session.run(None, {"input": np.ones((2, ROWS), np.float32)})[0]
+    assert np.isfinite(y).all()

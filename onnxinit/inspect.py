@@ -120,8 +120,7 @@ def inspect_model(model_or_path, measure_signal: bool = False, batch: int = 16, 
         from .measure import data_feeds, gaussian_feeds, measure
         feeds = data_feeds(model, data) if data is not None else \
             gaussian_feeds(model, batch, np.random.default_rng(0), input_mean, input_var)
-        measured = measure(model, [r.tensor for r in rows], feeds, model_path=source, device=device,
-                           elem_types={r.tensor: graph.elem_type(r.tensor) for r in rows})
+        measured = measure(model, [r.tensor for r in rows], feeds, model_path=source, device=device)
         for r in rows:
             r.measured = measured[r.tensor]
     _flag(rows, min_var, max_var, mismatch)

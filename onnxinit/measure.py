@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from .errors import OnnxInitError
 
@@ -158,52 +157,8 @@ def providers(device: str = "auto") -> list:
     return ["CPUExecutionProvider"]
 
 
-MOMENT_PREFIX = "onnxinit/moments/"
-
-
-def _moment_nodes(name: str, elem_type: int | None, opset: int) -> tuple[list, list] | None:
-    """Nodes computing the mean m and the variance E[(x - m)^2] of tensor ``name`` over all its
-    elements, in float32 (float64 stays float64), both of shape [1, ..., 1]; None when the
-    type is not a float. Two passes, so a large mean does not cancel the variance."""
-    if elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
-                         onnx.TensorProto.BFLOAT16) or opset < 7:
-        return None
-    p = MOMENT_PREFIX + name
-    nodes, x = [], name
-    if elem_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
-        nodes.append(helper.make_node("Cast", [name], [p + "/float"], to=onnx.TensorProto.FLOAT))
-        x = p + "/float"
-    nodes += [helper.make_node("ReduceMean", [x], [p + "/mean"], keepdims=1),
-              helper.make_node("Sub", [x, p + "/mean"], [p + "/centered"]),
-              helper.make_node("Mul", [p + "/centered", p + "/centered"], [p + "/squared"]),
-              helper.make_node("ReduceMean", [p + "/squared"], [p + "/var"], keepdims=1)]
-    return nodes, [p + "/mean", p + "/var"]
-
-
-def _add_measurements(graph: onnx.GraphProto, names, elem_types: dict, opset: int) -> tuple[int, list, dict]:
-    """Append to ``graph`` what measuring ``names`` needs: moment nodes where the type is known
-    to be a float (only two numbers leave ONNX Runtime per tensor, not the tensor), the tensor
-    itself as an output otherwise. Returns (nodes added, outputs added, {name: its outputs})."""
-    present = {o.name for o in graph.output}
-    fetch, nodes, outputs = {}, [], []
-    for name in dict.fromkeys(names):
-        moments = _moment_nodes(name, elem_types.get(name), opset)
-        if moments is None:
-            fetch[name] = [name]
-            if name not in present:
-                outputs.append(name)
-        else:
-            nodes += moments[0]
-            outputs += moments[1]
-            fetch[name] = moments[1]
-    graph.node.extend(nodes)
-    graph.output.extend(onnx.ValueInfoProto(name=n) for n in outputs)
-    return len(nodes), outputs, fetch
-
-
-def _session_source(model: onnx.ModelProto, names, model_path, elem_types: dict):
-    """Serialized model with the measurements added, the folder its external data is read
-    from, and {name: outputs to fetch}.
+def _session_source(model: onnx.ModelProto, names, model_path):
+    """Serialized model with the extra outputs, and the folder its external data is read from.
 
     A model stored with external data is re-read without its payloads, so ONNX
     Runtime reads them from disk and the weights are not copied once more here.
@@ -213,48 +168,36 @@ def _session_source(model: onnx.ModelProto, names, model_path, elem_types: dict)
         if any(t.data_location == onnx.TensorProto.EXTERNAL for t in light.graph.initializer):
             if len(light.graph.node) == len(model.graph.node):
                 seed_random_ops(light.graph, default_opset(light))
-                _, _, fetch = _add_measurements(light.graph, names, elem_types, default_opset(light))
-                return light.SerializeToString(), str(Path(model_path).resolve().parent), fetch
-    # on the model itself for the time of one serialization: no copy of the weights
-    node_count, outputs, fetch = _add_measurements(model.graph, names, elem_types, default_opset(model))
+                return with_outputs(light, names).SerializeToString(), str(Path(model_path).resolve().parent)
+    present = {o.name for o in model.graph.output}
+    added = [n for n in dict.fromkeys(names) if n not in present]
+    for name in added:   # on the model itself for the time of one serialization: no copy of the weights
+        model.graph.output.append(onnx.ValueInfoProto(name=name))
     seeded = seed_random_ops(model.graph, default_opset(model))
     try:
-        return model.SerializeToString(), None, fetch
+        return model.SerializeToString(), None
     finally:
-        del model.graph.output[len(model.graph.output) - len(outputs):]
-        del model.graph.node[len(model.graph.node) - node_count:]
+        del model.graph.output[len(model.graph.output) - len(added):]
         unseed_random_ops(seeded)
 
 
-def measure(model: onnx.ModelProto, names, feeds: dict, model_path=None, device: str = "auto",
-            elem_types: dict | None = None) -> dict:
-    """{name: (mean, var)} over all elements of each named tensor, one ONNX Runtime run.
-    ``elem_types`` {name: ONNX element type}: float tensors among them are reduced to their
-    moments inside the graph; the others are fetched whole and reduced here."""
+def measure(model: onnx.ModelProto, names, feeds: dict, model_path=None, device: str = "auto") -> dict:
+    """{name: (mean, var)} over all elements of each named tensor, one ONNX Runtime run."""
     ort = _runtime()
     names = list(names)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    source, folder, fetch = _session_source(model, names, model_path, elem_types or {})
+    source, folder = _session_source(model, names, model_path)
     if folder is not None:
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
-    wanted = list(dict.fromkeys(out for name in names for out in fetch[name]))
     try:
         session = ort.InferenceSession(source, options, providers=providers(device))
-        values = dict(zip(wanted, session.run(wanted, feeds)))
+        values = session.run(names, feeds)
     except OnnxInitError:
         raise
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime refuses the model or the data
         raise OnnxInitError(f"ONNX Runtime could not run the model: {str(exc).splitlines()[0]}") from exc
-    result = {}
-    for name in names:
-        outs = fetch[name]
-        if len(outs) == 1:
-            result[name] = _mean_var(values[outs[0]])
-        else:
-            mean, var = (float(np.asarray(values[o], np.float64).reshape(-1)[0]) for o in outs)
-            result[name] = (mean, max(var, 0.0))
-    return result
+    return {n: _mean_var(v) for n, v in zip(names, values)}
 
 
 def _mean_var(v: np.ndarray) -> tuple:

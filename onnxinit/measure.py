@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from .errors import OnnxInitError
 
@@ -157,28 +158,61 @@ def providers(device: str = "auto") -> list:
     return ["CPUExecutionProvider"]
 
 
-def _session_source(model: onnx.ModelProto, names, model_path):
-    """Serialized model with the extra outputs, and the folder its external data is read from.
+_FED = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.FLOAT16: np.float16}
+FEED_BYTES = 1024   # float initializers at least this large are fed at run time, not serialized
 
-    A model stored with external data is re-read without its payloads, so ONNX
-    Runtime reads them from disk and the weights are not copied once more here.
+
+def _fed_weights(model: onnx.ModelProto) -> dict:
+    """{name: array viewing its bytes} for the large inline float initializers (no copy)."""
+    fed = {}
+    for t in model.graph.initializer:
+        dtype = _FED.get(t.data_type)
+        if dtype is not None and t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) >= FEED_BYTES:
+            fed[t.name] = np.frombuffer(t.raw_data, dtype).reshape(tuple(int(d) for d in t.dims))
+    return fed
+
+
+def _light(model: onnx.ModelProto, fed: dict, names) -> onnx.ModelProto:
+    """The graph with ``names`` as extra outputs and the ``fed`` initializers turned into graph
+    inputs: the weights are handed to ONNX Runtime as arrays, never serialized."""
+    light = onnx.ModelProto(ir_version=model.ir_version)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph, source = light.graph, model.graph
+    graph.name = source.name
+    graph.node.extend(source.node)
+    graph.value_info.extend(source.value_info)
+    graph.sparse_initializer.extend(source.sparse_initializer)
+    graph.initializer.extend(t for t in source.initializer if t.name not in fed)
+    declared = {i.name for i in source.input}
+    graph.input.extend(source.input)
+    for t in source.initializer:
+        if t.name in fed and t.name not in declared:
+            graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    graph.output.extend(source.output)
+    present = {o.name for o in source.output}
+    graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in present)
+    return light
+
+
+def _session_source(model: onnx.ModelProto, names, model_path):
+    """Serialized model with the extra outputs, the folder its external data is read from,
+    and the weights to feed with the inputs.
+
+    A model stored with external data is re-read without its payloads, so ONNX Runtime
+    reads them from disk. Otherwise the large float weights become inputs fed from the
+    model's own bytes: nothing as large as the model is serialized or copied here.
     """
     if model_path and Path(model_path).is_file():
         light = onnx.load_model(str(model_path), load_external_data=False)
         if any(t.data_location == onnx.TensorProto.EXTERNAL for t in light.graph.initializer):
             if len(light.graph.node) == len(model.graph.node):
                 seed_random_ops(light.graph, default_opset(light))
-                return with_outputs(light, names).SerializeToString(), str(Path(model_path).resolve().parent)
-    present = {o.name for o in model.graph.output}
-    added = [n for n in dict.fromkeys(names) if n not in present]
-    for name in added:   # on the model itself for the time of one serialization: no copy of the weights
-        model.graph.output.append(onnx.ValueInfoProto(name=name))
-    seeded = seed_random_ops(model.graph, default_opset(model))
-    try:
-        return model.SerializeToString(), None
-    finally:
-        del model.graph.output[len(model.graph.output) - len(added):]
-        unseed_random_ops(seeded)
+                return with_outputs(light, names).SerializeToString(), str(Path(model_path).resolve().parent), {}
+    fed = _fed_weights(model)
+    light = _light(model, fed, names)
+    seed_random_ops(light.graph, default_opset(light))
+    return light.SerializeToString(), None, fed
 
 
 def measure(model: onnx.ModelProto, names, feeds: dict, model_path=None, device: str = "auto") -> dict:
@@ -187,12 +221,12 @@ def measure(model: onnx.ModelProto, names, feeds: dict, model_path=None, device:
     names = list(names)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    source, folder = _session_source(model, names, model_path)
+    source, folder, weights = _session_source(model, names, model_path)
     if folder is not None:
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
     try:
         session = ort.InferenceSession(source, options, providers=providers(device))
-        values = session.run(names, feeds)
+        values = session.run(names, {**feeds, **weights})
     except OnnxInitError:
         raise
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime refuses the model or the data

@@ -172,6 +172,21 @@ def _grid_weights(roots) -> np.ndarray:
     return w
 
 
+def _weighted_squares(wf: np.ndarray, flat: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """wf @ flat**2, column block by column block: the squares of a block stay in cache
+    (about twice as fast as squaring the whole grid at once on the large residual grids)."""
+    if flat.shape[1] <= chunk:
+        return wf @ (flat * flat)
+    out = np.empty(flat.shape[1])
+    buffer = np.empty((flat.shape[0], chunk))
+    for start in range(0, flat.shape[1], chunk):
+        part = flat[:, start:start + chunk]
+        squares = buffer[:, :part.shape[1]]
+        np.multiply(part, part, out=squares)
+        out[start:start + chunk] = wf @ squares
+    return out
+
+
 def _site_stats(sig: Signal):
     r = len(sig.roots)
     site_shape = sig.values.shape[r:]
@@ -184,11 +199,14 @@ def _site_stats(sig: Signal):
     wf = w.reshape(-1)
     with np.errstate(invalid="ignore", over="ignore"):
         mean = wf @ flat
-        second = wf @ (flat * flat)
+        second = _weighted_squares(wf, flat)
         var = np.maximum(second - mean * mean, 0.0)
-    # a site equal at every node (a masked score at -inf) has no variance
-    constant = np.all(flat == flat[:1], axis=0)
-    if constant.any():
+    # a site equal at every node (a masked score at -inf) has no variance; only sites whose
+    # variance came out non-finite or at rounding level can be such, so only they are compared
+    suspect = np.flatnonzero(~np.isfinite(var) | (var <= 1e-12 * np.abs(second)))
+    if suspect.size:
+        constant = np.zeros(var.shape, bool)
+        constant[suspect] = np.all(flat[:, suspect] == flat[:1, suspect], axis=0)
         mean = np.where(constant, flat[0], mean)
         var = np.where(constant, 0.0, var)
     sample_axes = [i for i, root in enumerate(sig.roots) if root.kind == "sample"]

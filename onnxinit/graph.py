@@ -301,11 +301,9 @@ class Graph:
         return {s for s in signal if self.elem_type(s) in FLOAT_TYPES or self.elem_type(s) is None}
 
 
-def _light_model(model) -> onnx.ModelProto:
-    """A model for shape inference: the same graph, with large float initializers as typed inputs.
-
-    Built field by field, so no weight payload is copied (or touched in ``model``).
-    """
+def model_shell(model: onnx.ModelProto, as_inputs) -> onnx.ModelProto:
+    """The same graph with the initializers named in ``as_inputs`` turned into typed graph inputs
+    (the others kept). Built field by field, so those payloads are neither copied nor touched."""
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
     light.opset_import.extend(model.opset_import)
@@ -316,12 +314,18 @@ def _light_model(model) -> onnx.ModelProto:
     graph.input.extend(source.input)
     graph.output.extend(source.output)
     graph.value_info.extend(source.value_info)
+    graph.sparse_initializer.extend(source.sparse_initializer)
     declared = {i.name for i in source.input}
     for t in source.initializer:
-        n = int(np.prod(t.dims)) if t.dims else 1
-        if n > LIGHT_LIMIT and t.data_type in FLOAT_TYPES:
-            if t.name not in declared:
-                graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-        else:
+        if t.name not in as_inputs:
             graph.initializer.append(t)
+        elif t.name not in declared:
+            graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     return light
+
+
+def _light_model(model) -> onnx.ModelProto:
+    """A model for shape inference: large float initializers as typed inputs."""
+    large = {t.name for t in model.graph.initializer
+             if t.data_type in FLOAT_TYPES and (int(np.prod(t.dims)) if t.dims else 1) > LIGHT_LIMIT}
+    return model_shell(model, large)

@@ -175,24 +175,8 @@ def _fed_weights(model: onnx.ModelProto) -> dict:
 def _light(model: onnx.ModelProto, fed: dict, names) -> onnx.ModelProto:
     """The graph with ``names`` as extra outputs and the ``fed`` initializers turned into graph
     inputs: the weights are handed to ONNX Runtime as arrays, never serialized."""
-    light = onnx.ModelProto(ir_version=model.ir_version)
-    light.opset_import.extend(model.opset_import)
-    light.functions.extend(model.functions)
-    graph, source = light.graph, model.graph
-    graph.name = source.name
-    graph.node.extend(source.node)
-    graph.value_info.extend(source.value_info)
-    graph.sparse_initializer.extend(source.sparse_initializer)
-    graph.initializer.extend(t for t in source.initializer if t.name not in fed)
-    declared = {i.name for i in source.input}
-    graph.input.extend(source.input)
-    for t in source.initializer:
-        if t.name in fed and t.name not in declared:
-            graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    graph.output.extend(source.output)
-    present = {o.name for o in source.output}
-    graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in present)
-    return light
+    from .graph import model_shell
+    return with_outputs(model_shell(model, set(fed)), names)
 
 
 def _session_source(model: onnx.ModelProto, names, model_path):

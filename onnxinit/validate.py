@@ -3,11 +3,11 @@ graph (op schemas, attributes, single assignment, IR version), every node input 
 opsets no newer than the installed onnx knows, and every inline tensor holding as many
 values as its dims declare (absurd dims are refused here, before anything is allocated).
 
-The checker runs on a skeleton of the model: every initializer replaced by an empty tensor
-of its name and type, so a model is neither serialized nor copied whole and external data
-is not read; a graph input or output whose type has no shape passes (as in ONNX Runtime).
-Node order is not required: ONNX asks for topological order, but a graph
-whose nodes are merely out of order is accepted (Graph sorts it; a cycle is refused there).
+The checker runs on a skeleton of the model: every initializer a typed graph input, so a
+model is neither serialized nor copied whole and external data is not read; a graph input
+or output whose type has no shape passes (as in ONNX Runtime). Node order is not required:
+ONNX asks for topological order, but a graph whose nodes are merely out of order is
+accepted (Graph sorts it; a cycle is refused there).
 """
 from __future__ import annotations
 
@@ -29,22 +29,12 @@ def known_opsets() -> dict:
 
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    skeleton = onnx.ModelProto(ir_version=model.ir_version)
-    skeleton.opset_import.extend(model.opset_import)
-    skeleton.functions.extend(model.functions)
-    graph, source = skeleton.graph, model.graph
-    graph.name = source.name
-    graph.node.extend(source.node)
-    graph.input.extend(source.input)
-    graph.output.extend(source.output)
-    graph.value_info.extend(source.value_info)
-    for info in [*graph.input, *graph.output, *graph.value_info]:
+    """The graph with every initializer a typed input: what the checker needs, no payload."""
+    from .graph import model_shell
+    skeleton = model_shell(model, {t.name for t in model.graph.initializer})
+    for info in [*skeleton.graph.input, *skeleton.graph.output, *skeleton.graph.value_info]:
         if info.type.HasField("tensor_type") and not info.type.tensor_type.HasField("shape"):
             info.type.tensor_type.shape.SetInParent()   # a declared type without a shape: ONNX Runtime takes it
-    for tensor in source.initializer:
-        graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=[0])
-    for sparse in source.sparse_initializer:
-        graph.initializer.add(name=sparse.values.name, data_type=sparse.values.data_type, dims=[0])
     return skeleton
 
 

@@ -4,8 +4,8 @@ The data-dependent baseline: start from orthogonal weights (biases 0), then for
 each weighted layer in graph order, measure the variance of its output on a data
 batch with ONNX Runtime and divide its weight by √Var, until |Var − 1| < tol or
 ``max_iters`` tries (a weight-normalized layer through its g, a transposed or reshaped
-weight through its source: Graph.linear_source); later layers are measured with the earlier ones already
-rescaled. Weights are inputs of one session, so no rescale rebuilds it.
+weight through its source: Graph.linear_source); later layers are measured with the
+earlier ones already rescaled. Weights are inputs of one session, so no rescale rebuilds it.
 """
 from __future__ import annotations
 

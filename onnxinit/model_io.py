@@ -45,8 +45,8 @@ def check_external_data(model: onnx.ModelProto, model_dir: Path) -> None:
         length = info.get("length")
         needed = tensor_bytes(tensor)
         if length is not None and needed is not None and int(length) != needed:
-            raise OnnxInitError(f"tensor {tensor.name!r}: external data length {int(length)} in {location!r} does not match its "
-                                f"dims {list(tensor.dims)} ({needed} bytes)")
+            raise OnnxInitError(f"tensor {tensor.name!r}: external data length {int(length)} in {location!r} "
+                                f"does not match its dims {list(tensor.dims)} ({needed} bytes)")
         needed = int(length) if length is not None else needed
         size = target.stat().st_size
         if needed is not None and offset + needed > size:

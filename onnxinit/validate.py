@@ -65,8 +65,8 @@ def _check_inline(tensor: onnx.TensorProto, source) -> None:
         raise OnnxInitError(f"{source}: tensor {tensor.name!r} has negative dims {list(tensor.dims)}")
     if tensor.HasField("raw_data"):
         if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
-            raise OnnxInitError(f"{source}: tensor {tensor.name!r} stores {'strings' if tensor.data_type else 'no type'} "
-                                "in raw bytes")
+            what = "strings" if tensor.data_type else "data of no type"
+            raise OnnxInitError(f"{source}: tensor {tensor.name!r} stores {what} in raw bytes")
         needed = tensor_bytes(tensor)
         if needed is not None and len(tensor.raw_data) != needed:
             raise OnnxInitError(f"{source}: tensor {tensor.name!r} holds {len(tensor.raw_data)} bytes, its dims "

@@ -17,6 +17,10 @@ FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto
 SHAPE_OPS = {"Shape", "Size"}
 CACHE_LIMIT = 1 << 20  # weights above this many bytes are not kept as arrays beside their TensorProto
 LIGHT_LIMIT = 1024  # initializers above this many elements are stubbed out for shape inference
+# A symbolic input dim after the first (a sequence length, a dynamic image size) is taken as
+# this size for the analysis, so attention and windows have static shapes; the model keeps
+# its symbolic dims. It is the size `inspect --measure` feeds by default (--batch 16).
+SYMBOLIC_DIM = 16
 
 
 class Graph:
@@ -74,7 +78,7 @@ class Graph:
     @cached_property
     def _value_infos(self):
         """name -> ValueInfoProto from shape inference on a copy without large payloads."""
-        light = _light_model(self.model)
+        light = _bound(_light_model(self.model))
         try:
             inferred = shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
         except Exception:  # noqa: BLE001 - inference is best effort; fall back to declared types
@@ -140,7 +144,7 @@ class Graph:
         """name -> dims that come out the same with every symbolic input dim set to 2 and to 3."""
         runs = []
         for probe in (2, 3):
-            light = _light_model(self.model)
+            light = _bound(_light_model(self.model))
             for vi in light.graph.input:
                 for d in vi.type.tensor_type.shape.dim:
                     if not d.HasField("dim_value"):
@@ -321,6 +325,16 @@ def model_shell(model: onnx.ModelProto, as_inputs) -> onnx.ModelProto:
             graph.initializer.append(t)
         elif t.name not in declared:
             graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return light
+
+
+def _bound(light: onnx.ModelProto) -> onnx.ModelProto:
+    """``light`` (a copy) with every symbolic graph-input dim after the first set to SYMBOLIC_DIM."""
+    for vi in light.graph.input:
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if axis > 0 and not d.HasField("dim_value"):
+                d.Clear()
+                d.dim_value = SYMBOLIC_DIM
     return light
 
 

@@ -97,3 +97,34 @@ def test_vit_with_multihead_attention():
     for r, var in layers:
         assert 0.8 <= var <= 1.3, (r.node, var)
         assert abs(r.output.var - var) <= 0.25 * var, (r.node, r.output.var, var)
+
+
+def _attention(seq):
+    """x (batch, seq, 8) -> q, k, v -> softmax(q k^T / sqrt 8) v -> output projection."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), n) for n in "qkvo"]
+    inits.append(numpy_helper.from_array(np.array(np.sqrt(8), np.float32), "scale"))
+    nodes = [helper.make_node("MatMul", ["x", n], [n + "x"], name=n) for n in "qkv"]
+    nodes += [helper.make_node("Transpose", ["kx"], ["kt"], perm=[0, 2, 1]),
+              helper.make_node("MatMul", ["qx", "kt"], ["scores"]), helper.make_node("Div", ["scores", "scale"], ["s"]),
+              helper.make_node("Softmax", ["s"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "vx"], ["mixed"]),
+              helper.make_node("MatMul", ["mixed", "o"], ["y"], name="out")]
+    graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", seq, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", seq, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_symbolic_sequence_length_is_analysed_at_the_default_size():
+    """An export with a dynamic sequence axis ('batch', 'seq', 8) is analysed with the symbolic
+    dim taken as graph.SYMBOLIC_DIM: the attention keeps its rules (without a static key count
+    the value mix fell back), the predictions equal those of the same graph declared with 16
+    tokens, and the written model keeps its symbolic dim."""
+    from onnxinit.graph import SYMBOLIC_DIM
+    _, expected = onnxinit.autoinit(_attention(SYMBOLIC_DIM), seed=1, return_report=True)
+    model, report = onnxinit.autoinit(_attention("seq"), seed=1, return_report=True)
+    assert "MatMul" not in report.fallbacks, report.fallbacks
+    assert report.fallbacks == expected.fallbacks
+    assert [(r.node, round(r.output.var, 9)) for r in report.layers] == \
+        [(r.node, round(r.output.var, 9)) for r in expected.layers]
+    assert model.graph.input[0].type.tensor_type.shape.dim[1].dim_param == "seq"

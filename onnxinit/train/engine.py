@@ -7,7 +7,9 @@ s (one row, or D rows for D sub-batches) one call returns
 
 all from ONE forward pass over the full batch (BatchNormalization sees the whole batch):
 D rows run the stacked gradient graph, which shares the forward and repeats the backward
-(graph.stacked_gradient_graph), cheaper than D runs of the plain graph.
+(graph.stacked_gradient_graph), cheaper than D runs of the plain graph. Gradients at
+K weight points with activation patterns frozen at reference weights (NIO's finite
+differences) come from one run of the stacked frozen graph (``frozen_gradients``).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import numpy as np
 
 from ..errors import OnnxInitError
 from .frozen import REF
-from .graph import (TrainingGraph, frozen_gradient_graph, session_options, stacked_frozen_graph, stacked_gradient_graph,
+from .graph import (TrainingGraph, session_options, stacked_frozen_graph, stacked_gradient_graph,
                     training_runtime)
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -38,8 +40,9 @@ class GradientEngine:
     """Runs ``training``'s gradient graph; see the module docstring.
 
     The sessions, each built on first use: the gradient graph, the stacked graph per
-    sub-batch count, the frozen graph (``reference`` weights) and the forward pass alone
-    (logits for accuracy: ONNX Runtime runs a whole graph whatever outputs are asked for).
+    sub-batch count, the stacked frozen graph per point count (``frozen_gradients``) and the
+    forward pass alone (logits for accuracy: ONNX Runtime runs a whole graph whatever
+    outputs are asked for).
     """
 
     def __init__(self, training: TrainingGraph, device: str = "auto"):
@@ -71,14 +74,12 @@ class GradientEngine:
         merged = {**self.training.weights, **weights}
         return {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in merged.items()}
 
-    def loss_and_grads(self, weights: dict, feeds: dict, sample_weights=None, reference: dict | None = None):
+    def loss_and_grads(self, weights: dict, feeds: dict, sample_weights=None):
         """(loss, {weight: gradient}) at ``weights`` (missing ones: the model's own).
 
         ``feeds``: the model's inputs and the labels (key ``training.labels``).
         ``sample_weights``: None (the mean loss), a vector over the batch, or a (D, N)
         matrix: then the loss has shape (D,) and each gradient a leading axis of D.
-        ``reference``: weights at which every activation pattern is taken (the frozen
-        graph, train/frozen.py), for finite differences of gradients without kinks.
         """
         if self.training.labels not in feeds:
             raise OnnxInitError(f"feeds need the labels under {self.training.labels!r}")
@@ -87,18 +88,14 @@ class GradientEngine:
         rows = None if sample_weights is None else np.asarray(sample_weights, np.float32)
         if rows is not None and self.training.sample_weights is None:
             raise OnnxInitError("this training graph was built without per-sample weights")
-        if rows is not None and rows.ndim == 2 and reference is None:
+        if rows is not None and rows.ndim == 2:
             return self._stacked(names, run_feeds, rows)
         if rows is not None and rows.ndim != 1:
-            raise OnnxInitError("sample_weights must be a vector, or a (D, N) matrix without a reference")
+            raise OnnxInitError("sample_weights must be a vector or a (D, N) matrix")
         if self.training.sample_weights is not None:
             size = len(feeds[self.training.labels])
             run_feeds[self.training.sample_weights] = np.full(size, 1.0 / size, np.float32) if rows is None else rows
-        if reference is None:
-            session = self._session("plain", lambda: self.training.model)
-        else:
-            session = self._session("frozen", lambda: frozen_gradient_graph(self.training))
-            run_feeds.update({REF + k: v for k, v in self._weight_feeds(reference).items()})
+        session = self._session("plain", lambda: self.training.model)
         loss, *grads = self._run(session, names, run_feeds)
         return float(loss), dict(zip(self.training.weights, grads))
 

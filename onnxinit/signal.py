@@ -331,7 +331,8 @@ def resample(sig: Signal, nodes: int) -> Signal:
         matrix = interpolation(root.nodes, new.nodes)
         values = np.moveaxis(np.tensordot(matrix, values, axes=([1], [i])), 0, i)
         roots[i] = new
-    return Signal(tuple(roots), values, sig.axes)
+    # interpolation is exact on an affine function: a Gaussian stays one
+    return Signal(tuple(roots), values, sig.axes, affine=sig.affine)
 
 
 def with_axes(sig: Signal, axes) -> Signal:
@@ -346,6 +347,23 @@ def with_axes(sig: Signal, axes) -> Signal:
         index = have.index_of(want.coords)
         values = np.take(values, index, axis=r + a)
     return Signal(sig.roots, values, tuple(axes))
+
+
+def stats_on(sig: Signal, axes) -> tuple:
+    """``sig``'s per-site (mean, var, shared) re-indexed onto ``axes`` (rank >= sig.rank, leading
+    axes added), without touching its grid values."""
+    rank = len(axes)
+    pad = rank - sig.rank
+    have_axes = (None,) * pad + sig.axes
+    site_shape = tuple(1 if s is None else s.size for s in axes)
+    out = []
+    for a in sig.stats():
+        a = np.asarray(a).reshape((1,) * pad + np.shape(a))
+        for i, (have, want) in enumerate(zip(have_axes, axes)):
+            if want is not None and have is not None and not have.same_as(want):
+                a = np.take(a, have.index_of(want.coords), axis=i)
+        out.append(np.broadcast_to(a, site_shape))
+    return tuple(out)
 
 
 def merge_axis(candidates):

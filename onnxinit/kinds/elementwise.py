@@ -14,7 +14,7 @@ from onnx import helper
 
 from ..numeric_ops import evaluate
 from ..signal import (ELEMENT_NODES, GRID_BUDGET, MAX_ROOTS, MIN_NODES, Signal, align, collapse, gaussian,
-                      grid_size, layout, nodes_for, resample, with_axes)
+                      grid_size, layout, nodes_for, resample, stats_on)
 from .common import Unsupported
 
 
@@ -76,27 +76,55 @@ def fit_budget(inputs, rank: int, names, out: str, ctx):
 
 
 def _gaussian_sum(node, inputs, rank, ctx):
-    """Add/Sub/Sum of independent fresh Gaussians (one root each, none shared) is Gaussian: exact."""
+    """Add/Sub/Sum of independent Gaussians (affine in their roots, no root in two inputs) is
+    Gaussian: exact, on a fresh element root and sample root (never the product grid, which for
+    two residual streams with a shared and a per-position part each would have four roots)."""
     if node.op_type not in ("Add", "Sub", "Sum") or node.domain not in ("", "ai.onnx"):
         return None
     signals = [x for x in inputs if isinstance(x, Signal)]
     if len(signals) < 2 or any(x is not None and not isinstance(x, Signal) for x in inputs):
         return None
-    if any(len(s.roots) != 1 or not s.affine for s in signals):
+    if any(not s.roots or not s.affine for s in signals):
         return None
-    if len({s.roots[0].name for s in signals}) != len(signals):
+    names = [r.name for s in signals for r in s.roots]
+    if len(set(names)) != len(names):
         return None
     _, axes = layout(signals, rank)
-    kinds = {s.roots[0].kind for s in signals}
+    kinds = {r.kind for s in signals for r in s.roots}
     mean, shared, within = 0.0, 0.0, 0.0
     for i, s in enumerate(signals):
-        lifted = Signal(s.roots, s.values.reshape(s.grid_shape + (1,) * (rank - s.rank) + s.values.shape[1:]),
-                        (None,) * (rank - s.rank) + s.axes)
-        m, v, sh = with_axes(lifted, axes).stats()
+        m, v, sh = stats_on(s, axes)
         sign = -1.0 if node.op_type == "Sub" and i == 1 else 1.0
         mean, shared, within = mean + sign * m, shared + sh, within + (v - sh)
     out = node.output[0]
     return gaussian(out, mean, shared, within, axes, ctx.has_positions(out) and kinds != {"sample"})
+
+
+def _independent_sum_stats(node, inputs, arrays, roots, axes):
+    """Per-site (mean, var, shared) of Add/Sub/Sum when no two signal inputs share a root.
+
+    Independent parts: means add (constants too), variances and shared parts add, exactly
+    what the product grid gives, without a pass over it (a residual sum's grid is the
+    largest of a network)."""
+    if node.op_type not in ("Add", "Sub", "Sum") or node.domain not in ("", "ai.onnx"):
+        return None
+    signals = [x for x in inputs if isinstance(x, Signal)]
+    names = [r.name for s in signals for r in s.roots]
+    if len(names) != len(set(names)) or any(x is None for x in inputs):
+        return None
+    site_shape = tuple(1 if s is None else s.size for s in axes)
+    mean, var, shared = np.zeros(site_shape), np.zeros(site_shape), np.zeros(site_shape)
+    for i, (x, array) in enumerate(zip(inputs, arrays)):
+        sign = -1.0 if node.op_type == "Sub" and i == 1 else 1.0
+        if isinstance(x, Signal):
+            m, v, sh = stats_on(x, axes)
+            mean, var, shared = mean + sign * m, var + v, shared + sh
+        else:
+            constant = np.asarray(array, np.float64).reshape(np.shape(array)[len(roots):])
+            if constant.dtype.kind not in "fiu" or not np.all(np.isfinite(constant)):
+                return None
+            mean = mean + sign * np.broadcast_to(constant, site_shape)
+    return mean, var, shared
 
 
 def elementwise(node, rule, ctx):
@@ -120,4 +148,4 @@ def elementwise(node, rule, ctx):
     if result.ndim != len(shape):
         raise Unsupported(f"{node.op_type} changed the rank of its input")
     ctx.set(out, Signal(roots, np.ascontiguousarray(np.broadcast_to(result, np.broadcast_shapes(result.shape, shape))),
-                        axes))
+                        axes, _independent_sum_stats(node, inputs, arrays, roots, axes)))

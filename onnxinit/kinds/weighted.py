@@ -235,6 +235,21 @@ def unit_correlation(c: np.ndarray, var_in: np.ndarray, scale: float) -> np.ndar
     return cov / np.outer(std, std)
 
 
+class LazyCorrelation:
+    """A dense layer's unit correlation matrix, computed on first use (out x out: up to 32 MB)."""
+
+    def __init__(self, compute):
+        self._compute = compute
+        self._matrix = None
+
+    @property
+    def matrix(self) -> np.ndarray:
+        if self._matrix is None:
+            self._matrix = self._compute()
+            self._compute = None
+        return self._matrix
+
+
 def _cross_terms(sig, ctx):
     """(a, R) when the input units are functions of the unit roots of one earlier dense layer.
 
@@ -246,7 +261,7 @@ def _cross_terms(sig, ctx):
     if len(linked) != 1:
         return None
     i = linked[0]
-    corr = ctx.unit_correlation[sig.roots[i].name]
+    corr = ctx.unit_correlation[sig.roots[i].name].matrix
     w = np.ones(())
     for k, r in enumerate(sig.roots):
         w = np.multiply.outer(w, r.weights * (r.nodes if k == i else 1.0))
@@ -352,9 +367,9 @@ def weighted(node, rule, ctx):
     layer.cross = None   # kept layers must not hold an earlier layer's unit correlation (out x out)
     ctx.layer_outputs[out] = layer
     if layout.kind in ("gemm", "matmul") and signal.rank == 2 and len(signal.roots) == 1 \
-            and layout.group_count == 1:
+            and layout.group_count == 1 and 2 <= layout.canonical_shape[0] <= MAX_CORRELATED_UNITS:
         var_in = (inputs[1] + inputs[2]).reshape(inputs[1].shape[0], -1).mean(axis=1)
-        corr = unit_correlation(layout.to_canonical(ctx.value(weight)), var_in, alpha)
-        if corr is not None:
-            ctx.unit_correlation[signal.roots[0].name] = corr
+        # computed when a later dense layer reads these units (a classifier head's never is)
+        ctx.unit_correlation[signal.roots[0].name] = LazyCorrelation(
+            lambda: unit_correlation(layout.to_canonical(ctx.value(weight)), var_in, alpha))
     ctx.record_layer(layer, ctx.moments[out])

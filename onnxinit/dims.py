@@ -4,8 +4,8 @@ Exporters compute Reshape targets from Shape (to keep the batch size
 dynamic), which ONNX shape inference cannot always follow. With the shape
 arithmetic evaluated on a probe batch size (propagate.PROBE_BATCH), the
 target is known: a dim divisible by the probe depends on the batch (None),
-any other is static. Transpose, Squeeze, Unsqueeze, Flatten and Split then
-carry the dims on.
+any other is static. Transpose, Squeeze, Unsqueeze, Flatten, Split, Slice, Pad,
+Concat and MatMul then carry the dims on.
 """
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ def _value(ctx, name):
 
 
 BATCH_DEPENDENT = -7
+# ops whose first output has their first input's shape
+SAME_SHAPE = {"LayerNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
+              "MeanVarianceNormalization", "LpNormalization", "Softmax", "LogSoftmax", "Hardmax", "Dropout",
+              "Identity", "Cast", "CumSum"}
 
 
 def _axes(node, ctx, rank):
@@ -117,6 +121,16 @@ def output_dims(node, ctx):
         axis = int(attrs.get("axis", 1)) % (len(dims) + 1)
         src = _probe(dims)
         return [_unprobe([int(np.prod(src[:axis])), int(np.prod(src[axis:]))])]
+    if op in SAME_SHAPE:
+        return [list(dims)]
+    if op == "Slice":
+        return slice_dims(node, ctx, dims)
+    if op == "Pad":
+        return pad_dims(node, ctx, dims)
+    if op == "Concat":
+        return concat_dims(node, ctx)
+    if op == "MatMul":
+        return matmul_dims(ctx, dims, ctx.graph.static_dims(node.input[1]))
     if op == "Split":
         axis = int(attrs.get("axis", 0)) % len(dims)
         if dims[axis] is None:
@@ -131,6 +145,114 @@ def output_dims(node, ctx):
             result.append(d)
         return result
     return None
+
+
+def _exact(ctx, name):
+    """A constant or shape-arithmetic value that does not depend on the batch size, else None."""
+    value = _value(ctx, name)
+    if value is None or (ctx.graph.constant_value(name) is None and np.any(value == BATCH_DEPENDENT)):
+        return None
+    return value
+
+
+def slice_dims(node, ctx, dims):
+    """[dims] of a Slice (bounds as inputs, or as attributes before opset 10), or None.
+
+    Exporters compute chunk bounds from Shape ((n + 2) // 3 * i for q, k, v), which shape
+    inference does not follow; evaluated here, they give the output's static dims, so the
+    Shape -> Sqrt scale of the attention after it is known too. Length per axis is Python's
+    slice arithmetic, which clamps start and end the way the ONNX Slice spec does."""
+    attrs = attributes(node)
+    if len(node.input) >= 3:
+        starts, ends = _exact(ctx, node.input[1]), _exact(ctx, node.input[2])
+        axes = _exact(ctx, node.input[3]) if len(node.input) > 3 and node.input[3] else None
+        steps = _exact(ctx, node.input[4]) if len(node.input) > 4 and node.input[4] else None
+        if (len(node.input) > 3 and node.input[3] and axes is None) or \
+                (len(node.input) > 4 and node.input[4] and steps is None):
+            return None
+    else:
+        starts, ends = attrs.get("starts"), attrs.get("ends")
+        axes, steps = attrs.get("axes"), None
+    if starts is None or ends is None:
+        return None
+    starts, ends = [int(v) for v in starts], [int(v) for v in ends]
+    axes = list(range(len(starts))) if axes is None else [int(a) % len(dims) for a in axes]
+    steps = [1] * len(starts) if steps is None else [int(v) for v in steps]
+    if not len(starts) == len(ends) == len(axes) == len(steps) or 0 in steps:
+        return None
+    out = list(dims)
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        out[axis] = None if dims[axis] is None else len(range(*slice(start, end, step).indices(dims[axis])))
+    return [out]
+
+
+def pad_dims(node, ctx, dims):
+    """[dims] of a Pad: each axis grows by its begin and end pads (negative ones crop)."""
+    attrs = attributes(node)
+    if len(node.input) > 1 and node.input[1]:
+        pads = _exact(ctx, node.input[1])
+    else:
+        pads = attrs.get("pads")
+    if pads is None:
+        return None
+    axes = _exact(ctx, node.input[3]) if len(node.input) > 3 and node.input[3] else range(len(dims))
+    if axes is None:
+        return None
+    axes = [int(a) % len(dims) for a in axes]
+    if len(pads) != 2 * len(axes):
+        return None
+    out = list(dims)
+    for i, axis in enumerate(axes):
+        if out[axis] is not None:
+            out[axis] = out[axis] + int(pads[i]) + int(pads[i + len(axes)])
+    return [out]
+
+
+def concat_dims(node, ctx):
+    """[dims] of a Concat: lengths along its axis add up, the other axes agree."""
+    shapes = []
+    for name in node.input:
+        dims = ctx.graph.static_dims(name) if name else None
+        if dims is None:
+            value = ctx.graph.constant_value(name) if name else None
+            if value is None:
+                return None
+            dims = list(np.shape(value))
+        shapes.append(dims)
+    rank = len(shapes[0])
+    if any(len(d) != rank for d in shapes):
+        return None
+    axis = int(attributes(node).get("axis", 0)) % rank
+    out = []
+    for i in range(rank):
+        column = [d[i] for d in shapes]
+        if i == axis:
+            out.append(None if None in column else int(sum(column)))
+        else:
+            known = {c for c in column if c is not None}
+            out.append(known.pop() if len(known) == 1 else None)
+    return [out]
+
+
+def matmul_dims(ctx, a, b):
+    """[dims] of A @ B (numpy matmul rules): batch dims broadcast, then (M, K) @ (K, N)."""
+    if a is None or b is None or len(a) < 2 or len(b) < 2:
+        return None
+    batch_a, batch_b = a[:-2], b[:-2]
+    rank = max(len(batch_a), len(batch_b))
+    batch_a = [1] * (rank - len(batch_a)) + list(batch_a)
+    batch_b = [1] * (rank - len(batch_b)) + list(batch_b)
+    batch = []
+    for x, y in zip(batch_a, batch_b):
+        if x == 1 or y == 1:
+            batch.append(y if x == 1 else x)
+        elif x is None or y is None:
+            batch.append(x if y is None else y)
+        elif x == y:
+            batch.append(x)
+        else:
+            return None
+    return [batch + [a[-2], b[-1]]]
 
 
 def broadcast_dims(node, ctx):

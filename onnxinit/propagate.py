@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .dims import PROBE_BATCH, fill_dims
+from .dims import PROBE_BATCH, SAME_SHAPE, fill_dims
 from .graph import Graph
 from .kinds import KINDS
 from .kinds.common import Unsupported, signal_inputs
@@ -294,7 +294,8 @@ def _visit(node, ctx: Propagation, rules, residual: str) -> None:
     if not any(o in graph.signal_tensors for o in node.output if o):
         _shape_data(node, ctx)
         return
-    if node.op_type in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Split", "Gather"):
+    if node.op_type in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Split", "Gather", "Slice",
+                        "Pad", "MatMul", "Concat") or node.op_type in SAME_SHAPE:
         fill_dims(node, ctx)
     rule = rules.lookup(node)
     if rule is None:

@@ -54,7 +54,17 @@ MODELS = {
     "convnext_tiny": IMG64,
     "swin_tiny": [("x", (3, 224, 224), "float32", None)],
     "bert": [("input_ids", (16,), "int64", 30522), ("attention_mask", (16,), "int64", None)],
+    "vgg16": [("x", (3, 224, 224), "float32", None)],   # its adaptive pool to 7x7 needs >= 7x7 maps
+    "coatnet_0": [("x", (3, 224, 224), "float32", None)],
+    "gpt2": [("input_ids", (16,), "int64", 50257), ("attention_mask", (16,), "int64", None)],
 }
+EXTERNAL_DATA = {"gpt2"}   # written with its weights in an external data file
+EVAL = "_eval"             # NAME_eval: the same model exported in inference mode (BN folded, no dropout)
+
+
+def spec_of(name: str) -> list:
+    return MODELS[name.removesuffix(EVAL)]
+
 NIO_MODELS = ["resnet50", "resnet18", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
               "densenet121", "vit_b_16", "convnext_tiny", "swin_tiny", "bert"]
 WNINIT_MODELS = {"resnet18": [2, 2, 2, 2], "resnet50": [3, 4, 6, 3], "resnet152": [3, 8, 36, 3]}
@@ -72,6 +82,22 @@ def build(name: str):
     if name == "convnext_tiny":
         import timm
         return timm.create_model("convnext_tiny", pretrained=False, num_classes=NUM_CLASSES)
+    if name == "coatnet_0":
+        import timm
+        return timm.create_model("coatnet_0_rw_224", pretrained=False, num_classes=NUM_CLASSES)
+    if name == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+        config = GPT2Config()
+        config._attn_implementation = "eager"
+
+        class GPT2(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.gpt = GPT2LMHeadModel(config)
+
+            def forward(self, input_ids, attention_mask):
+                return self.gpt(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return GPT2()
     if name == "bert":
         from transformers import BertConfig, BertForSequenceClassification
         config = BertConfig(num_labels=NUM_CLASSES, return_dict=False)
@@ -92,19 +118,29 @@ def build(name: str):
 
 
 def export_one(name: str, out: Path) -> dict:
-    """Export ``name`` in training mode to OUT/NAME.onnx (in the export environment)."""
+    """Export ``name`` to OUT/NAME.onnx (in the export environment): in training mode
+    (BatchNormalization training_mode=1, Dropout kept, no constant folding), or for NAME_eval in
+    inference mode (BN folded into the convs, Dropout removed, constants folded)."""
     import torch
-    spec = MODELS[name]
-    model = build(name).train()
+    spec = spec_of(name)
+    inference = name.endswith(EVAL)
+    model = build(name.removesuffix(EVAL))
+    model = model.eval() if inference else model.train()
     args = tuple(torch.ones((2, *shape), dtype=getattr(torch, dtype)) if high is None
                  else torch.randint(0, high, (2, *shape)) for _, shape, dtype, high in spec)
     names = [n for n, *_ in spec]
     dynamic = {n: {0: "batch"} for n in names} | {"logits": {0: "batch"}}
     path = out / f"{name}.onnx"
     started = time.perf_counter()
-    torch.onnx.export(model, args, str(path), dynamo=False, opset_version=17,
-                      training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False,
-                      input_names=names, output_names=["logits"], dynamic_axes=dynamic)
+    mode = torch.onnx.TrainingMode.EVAL if inference else torch.onnx.TrainingMode.TRAINING
+    torch.onnx.export(model, args, str(path), dynamo=False, opset_version=17, training=mode,
+                      do_constant_folding=inference, input_names=names, output_names=["logits"],
+                      dynamic_axes=dynamic)
+    if name.removesuffix(EVAL) in EXTERNAL_DATA:
+        import onnx
+        exported = onnx.load(str(path))
+        onnx.save(exported, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=f"{name}.onnx.data", size_threshold=1024)
     return {"params": sum(p.numel() for p in model.parameters()), "export_s": time.perf_counter() - started}
 
 
@@ -112,7 +148,7 @@ def write_data(name: str, out: Path) -> Path:
     import numpy as np
     rng = np.random.default_rng(0)
     arrays = {}
-    for key, shape, dtype, high in MODELS[name]:
+    for key, shape, dtype, high in spec_of(name):
         if dtype == "float32":
             arrays[key] = rng.standard_normal((ROWS, *shape)).astype(np.float32)
         elif high is None:
@@ -294,14 +330,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     one = sub.add_parser("export-one", help="(internal; export environment) export one model")
-    one.add_argument("name", choices=sorted(MODELS))
+    one.add_argument("name", choices=sorted(MODELS) + sorted(m + EVAL for m in MODELS))
     one.add_argument("--out", type=Path, required=True)
     for command in ("all", "export", "nio", "wninit", "autoinit"):
         p = sub.add_parser(command)
         p.add_argument("--out", type=Path, default=Path("/tmp/fullsize"))
         p.add_argument("--export-python", default="/tmp/fullsize/venv/bin/python")
         p.add_argument("--onnxinit", default=".venv-train/bin/onnxinit")
-        p.add_argument("--models", default=None, help="comma-separated subset of " + ",".join(MODELS))
+        p.add_argument("--models", default=None, help="comma-separated subset of " + ",".join(MODELS) +
+                       f" (NAME{EVAL}: the inference-mode export of NAME)")
         p.add_argument("--iters", type=int, default=2)
         p.add_argument("--timeout", type=float, default=900, help="seconds per model and step")
     args = parser.parse_args()
@@ -314,7 +351,8 @@ def main():
     chosen = args.models.split(",") if args.models else None
     steps = ["export", "autoinit", "wninit", "nio"] if args.command == "all" else [args.command]
     for step in steps:
-        args.models = [m for m in default[step] if chosen is None or m in chosen]
+        args.models = [m for m in default[step] if chosen is None or m in chosen] + \
+            [m for m in chosen or [] if m.endswith(EVAL) and m.removesuffix(EVAL) in default[step]]
         {"export": cmd_export, "nio": cmd_nio, "wninit": cmd_wninit, "autoinit": cmd_autoinit}[step](args)
 
 

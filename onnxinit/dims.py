@@ -130,7 +130,7 @@ def output_dims(node, ctx):
     if op == "Concat":
         return concat_dims(node, ctx)
     if op == "MatMul":
-        return matmul_dims(ctx, dims, ctx.graph.static_dims(node.input[1]))
+        return matmul_dims(dims, ctx.graph.static_dims(node.input[1]))
     if op == "Split":
         axis = int(attrs.get("axis", 0)) % len(dims)
         if dims[axis] is None:
@@ -234,7 +234,7 @@ def concat_dims(node, ctx):
     return [out]
 
 
-def matmul_dims(ctx, a, b):
+def matmul_dims(a, b):
     """[dims] of A @ B (numpy matmul rules): batch dims broadcast, then (M, K) @ (K, N)."""
     if a is None or b is None or len(a) < 2 or len(b) < 2:
         return None

@@ -81,3 +81,35 @@ def test_computed_chunks_rolls_and_pads_keep_static_dims():
     measured = measure(model, names, gaussian_feeds(model, 512, np.random.default_rng(1)))
     for r, name in zip(report.layers, names):
         assert 0.8 <= measured[name][1] <= 1.25, (r.node, measured[name])
+
+
+def test_sum_of_two_streams_with_shared_parts_stays_one_gaussian():
+    """Two independent streams, each with a per-sample (pooled) and a per-position part, added:
+    exactly Gaussian, so two roots (not the four-root product grid that made CoAtNet-0's
+    propagation take 75 s), with the inputs' site statistics added up."""
+    from onnxinit.graph import Graph
+    from onnxinit.moments import Moments
+    from onnxinit.propagate import propagate
+    from onnxinit.rules import RuleTable
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((8, 8, 1, 1)).astype(np.float32) * 0.3, f"w{i}")
+               for i in range(4)]
+    nodes = []
+    for s in (0, 1):
+        nodes += [helper.make_node("Conv", ["x", f"w{2 * s}"], [f"a{s}"]),
+                  helper.make_node("Conv", ["x", f"w{2 * s + 1}"], [f"b{s}"]),
+                  helper.make_node("GlobalAveragePool", [f"b{s}"], [f"p{s}"]),
+                  helper.make_node("Add", [f"a{s}", f"p{s}"], [f"s{s}"])]
+    nodes.append(helper.make_node("Add", ["s0", "s1"], ["t"]))
+    graph = helper.make_graph(nodes, "streams",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8, 6, 6])],
+                              [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["batch", 8, 6, 6])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    ctx = propagate(Graph(model), RuleTable(()), Moments(0.0, 1.0))
+    for s in ("s0", "s1"):   # (released once read: their moments stay) a shared and a per-position part each
+        assert ctx.moments[s].shared > 0.02 * ctx.moments[s].var and ctx.moments[s].within > 0
+    total = ctx.signals["t"]
+    assert len(total.roots) <= 2 and total.affine
+    m0, m1, mt = ctx.moments["s0"], ctx.moments["s1"], ctx.moments["t"]
+    assert abs(mt.var - (m0.var + m1.var)) < 1e-9 * mt.var
+    assert abs(mt.shared - (m0.shared + m1.shared)) < 1e-9 * mt.var

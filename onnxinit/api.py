@@ -66,6 +66,9 @@ def _as_model(model_or_path, lazy: bool = False) -> tuple[onnx.ModelProto, str]:
     raise TypeError("expected an onnx.ModelProto or a path")
 
 
+TIED_PASSES = 3   # propagation passes at most when an embedding table is tied to a later layer
+
+
 def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rules=(),
              input_mean: float = 0.0, input_var: float = 1.0, residual: str = "sum", progress=None,
              mode: str = "analytic", batch: int = 64, data=None, device: str = "auto",
@@ -91,18 +94,27 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
     if mode not in ("analytic", "empirical"):
         raise OnnxInitError(f"mode must be analytic or empirical, not {mode!r}")
     spill = spill if mode == "analytic" else None
-    model, source = _as_model(model_or_path, lazy=spill is not None)
-    graph = Graph(model)
-    graph.spill = spill
-    if not any(graph.is_weight(t.name) for t in model.graph.initializer) and not graph.constant_nodes:
-        raise OnnxInitError(f"{source}: the model has no float weights to initialize")
     table = RuleTable(rules)
-    scheme = AutoInit(graph, seed=seed, distribution=distribution, planned=planned_weights(graph, table))
-    try:
-        with single_threaded_blas():
-            result = propagate(graph, table, Moments(input_mean, input_var), scheme, progress, residual)
-    finally:
-        scheme.close()
+    tied_scales = {}
+    for _ in range(TIED_PASSES):
+        model, source = _as_model(model_or_path, lazy=spill is not None)
+        graph = Graph(model)
+        graph.spill = spill
+        if not any(graph.is_weight(t.name) for t in model.graph.initializer) and not graph.constant_nodes:
+            raise OnnxInitError(f"{source}: the model has no float weights to initialize")
+        scheme = AutoInit(graph, seed=seed, distribution=distribution, planned=planned_weights(graph, table),
+                          tied_scales=tied_scales)
+        try:
+            with single_threaded_blas():
+                result = propagate(graph, table, Moments(input_mean, input_var), scheme, progress, residual)
+        finally:
+            scheme.close()
+        if not scheme.tied_factors:
+            break
+        # an embedding table reused by a later weighted layer: propagate again with the table
+        # drawn at the scale that layer needs (everything downstream of the lookup depends on it)
+        tied_scales = {name: tied_scales.get(name, 1.0) * f for name, f in scheme.tied_factors.items()} | \
+            {name: s for name, s in tied_scales.items() if name not in scheme.tied_factors}
     if not result.layers and not result.embeddings:
         raise OnnxInitError(f"{source}: found no weighted layer with a float weight to initialize "
                             "(integer and quantized weights are left to their quantizer)")

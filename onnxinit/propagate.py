@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .dims import PROBE_BATCH, SAME_SHAPE, fill_dims
-from .graph import Graph
+from .graph import FLOAT_TYPES, Graph
 from .kinds import KINDS
-from .kinds.common import Unsupported, signal_inputs
+from .kinds.common import Unsupported, attributes, signal_inputs
 from .moments import Moments
 from .montecarlo import monte_carlo
 from .op_eval import run_node
@@ -232,6 +232,21 @@ def _record_shape_data(graph, name, pair) -> None:
         graph.shape_values[name] = (a, b)
 
 
+def _constant_lookup(node, ctx: Propagation) -> bool:
+    """Gather(table, constant ids) added to the signal: a position embedding (GPT-2's wpe
+    gathered at Range(T)), an embedding table like any other, though its output is a constant."""
+    graph = ctx.graph
+    if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or not graph.weight_tensor(node.input[0]):
+        return False
+    if int(attributes(node).get("axis", 0)) != 0 or graph.elem_type(node.input[1]) in FLOAT_TYPES:
+        return False
+    table = graph.constant_value(node.input[0])
+    if table is None or table.ndim < 2:
+        return False
+    return any(c.op_type in ("Add", "Sum") and any(i in graph.signal_tensors for i in c.input)
+               for c in graph.consumers.get(node.output[0], []))
+
+
 def _fold_constants(node, graph: Graph) -> None:
     """Evaluate a node whose inputs are all known constants, so later rules can read its value."""
     values = [graph.constant_value(n) if n else None for n in node.input]
@@ -287,7 +302,14 @@ def _visit(node, ctx: Propagation, rules, residual: str) -> None:
             except Unsupported as exc:
                 ctx.warn(f"{node.op_type} ({node.name or node.output[0]}): {exc}")
         if node.op_type != "Constant":
+            lookup = ctx.scheme is not None and _constant_lookup(node, ctx)
+            if lookup:
+                ctx.scheme.draw_embedding(node.input[0], graph.constant_value(node.input[0]), ctx)
             _fold_constants(node, graph)
+            if lookup and graph.constant_value(node.output[0]) is not None:
+                rows = np.asarray(graph.constant_value(node.output[0]), np.float64)
+                ctx.embeddings.append((node.name or node.output[0], node.input[0],
+                                       Moments(float(rows.mean()), float(rows.var()))))
             if not all(graph.is_constant(o) for o in node.output if o):
                 _shape_data(node, ctx)
         return

@@ -72,14 +72,23 @@ def mean_square(w: np.ndarray) -> float:
 class AutoInit:
     """The scheme object the weighted and batchnorm kinds call while propagating."""
 
-    def __init__(self, graph, seed: int = 0, distribution: str = "truncated", planned=()):
-        """``planned``: [(weight name, size)] in visit order, drawn ahead on a second thread."""
+    def __init__(self, graph, seed: int = 0, distribution: str = "truncated", planned=(), tied_scales=None):
+        """``planned``: [(weight name, size)] in visit order, drawn ahead on a second thread.
+
+        ``tied_scales``: {embedding table: scale} for tables that a later weighted layer
+        reuses (a tied output head); the table is drawn with second moment scale^2 so the
+        head, not the lookup, gets E[y^2] = 1. A pass that finds a tied head whose output is
+        off by more than 1% lists the factor it needs in ``tied_factors``; the caller then
+        propagates again with the scales multiplied by them (api.autoinit)."""
         if distribution not in SAMPLERS:
             raise ValueError(f"unknown distribution {distribution!r}")
         self.graph = graph
         self.seed = seed
         self.distribution = distribution
         self.new_values: set[str] = set()   # weights written so far
+        self.tied_scales = dict(tied_scales or {})
+        self.tied_factors: dict[str, float] = {}
+        self._embedded: set[str] = set()      # tables drawn by draw_embedding
         flat = distribution != "orthogonal"
         self._prefetch = Prefetcher(list(planned) if flat else [],
                                     lambda name, size: unit_samples(seed, name, distribution, (size,)))
@@ -105,7 +114,11 @@ class AutoInit:
 
     def draw_weighted(self, layer, ctx) -> None:
         if self._written(layer.weight):
-            ctx.warn(f"weight {layer.weight!r} is shared by several layers; drawn once, for its first use")
+            table = next((n for n in [layer.weight] + self.graph.payload_names(layer.weight) if n in self._embedded), None)
+            if table is not None:
+                self._tied_head(layer, table, ctx)
+            else:
+                ctx.warn(f"weight {layer.weight!r} is shared by several layers; drawn once, for its first use")
             return
         second = layer.effective_second_moment
         if not np.isfinite(second) or second <= 0:
@@ -128,8 +141,25 @@ class AutoInit:
         if layer.bias and self.graph.payload_names(layer.bias) and not self._written(layer.bias):
             self._store(layer.bias, np.zeros_like(self.graph.constant_value(layer.bias)))
 
+    def _tied_head(self, layer, table: str, ctx) -> None:
+        """A weighted layer reusing an embedding table (a tied LM head: logits = h @ E^T).
+
+        One tensor cannot give both uses E[y^2] = 1 (the lookup outputs E^2, the head
+        fan_in * E^2 * E[h^2]), so the head wins: its output is usually the model's. The
+        factor that would make the head's E[y^2] exactly 1 goes to ``tied_factors``."""
+        realized = layer.realized_second_moment(layer.layout.to_canonical(ctx.value(layer.weight)))
+        if not (np.isfinite(realized) and realized > 0):
+            return
+        factor = 1.0 / np.sqrt(realized)
+        if abs(factor - 1.0) > 0.01:
+            self.tied_factors[table] = factor
+        lookup_var = self.tied_scales.get(table, 1.0) ** 2
+        ctx.warn(f"weight {table!r} is shared by an embedding lookup and {layer.node.name or layer.node.op_type}: "
+                 f"drawn for the latter (output variance 1); the lookup outputs variance {lookup_var:.3g}")
+
     def draw_embedding(self, name: str, table: np.ndarray, ctx) -> None:
-        """An embedding table: every column centered over the rows, unit second moment: E[y^2] = 1."""
+        """An embedding table: every column centered over the rows, unit second moment: E[y^2] = 1
+        (scale^2 for a table tied to a later weighted layer, see ``tied_scales``)."""
         if name in self.new_values or self.graph.weight_tensor(name) is None:
             return
         rows = table.shape[0]
@@ -139,7 +169,8 @@ class AutoInit:
             w -= w.mean(axis=0, keepdims=True)
         ms = mean_square(w)
         if ms > 0:
-            w *= np.float32(1.0 / np.sqrt(ms))
+            w *= np.float32(self.tied_scales.get(name, 1.0) / np.sqrt(ms))
+        self._embedded.add(name)
         self._store(name, w.reshape(table.shape).astype(table.dtype, copy=False))
 
     def rescale(self, name: str, value: np.ndarray) -> None:

@@ -203,3 +203,29 @@ def _unsqueeze_case():
     model = one_op("Unsqueeze", (1, 3, 4, 4), extra_inputs=["a"])
     model.graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), "a"))
     return model
+
+
+def test_channels_last_reductions():
+    """Mean / sum over every axis but the batch and a last channel axis: Swin's head pools a
+    (B, H, W, C) map over H and W, sentence encoders pool (B, L, C) over L. The pooled output
+    must keep a per-sample part common to all positions (here: another sample's pooled map
+    added to every position) and average the rest away."""
+    shape = (1, 6, 5, 8)
+    check(one_op("ReduceMean", shape, axes=[1, 2], keepdims=0), shape)
+    check(one_op("ReduceSum", shape, axes=[1, 2], keepdims=1, opset=11), shape)
+    check(one_op("ReduceMean", (1, 7, 8), axes=[-2], keepdims=0), (1, 7, 8))
+    shape = (1, 2, 6, 5, 8)
+    nodes = [helper.make_node("Split", ["x"], ["a1", "b1"], axis=1),
+             helper.make_node("Squeeze", ["a1", "one"], ["a"]),
+             helper.make_node("Squeeze", ["b1", "one"], ["b"]),
+             helper.make_node("ReduceMean", ["b"], ["pb"], axes=[1, 2], keepdims=1),
+             helper.make_node("Mul", ["pb", "three"], ["pb3"]),
+             helper.make_node("Add", ["a", "pb3"], ["h"]),
+             helper.make_node("ReduceMean", ["h"], ["y"], axes=[1, 2], keepdims=0)]
+    inits = [("one", np.array([1], np.int64)), ("three", np.array(3.0, np.float32))]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"] + list(shape[1:]))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    init = [numpy_helper.from_array(np.asarray(v), n) for n, v in inits]
+    model = helper.make_model(helper.make_graph(nodes, "case", [x], [y], init),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    check(model, shape)

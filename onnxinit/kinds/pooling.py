@@ -161,11 +161,42 @@ def pool(node, rule, ctx):
     ctx.set(out, gaussian(out, m.reshape(shape), s.reshape(shape), e.reshape(shape), axes, positions))
 
 
+def _channels_last_mean(node, rule, ctx, sig, reduced, kept, keepdims):
+    """ReduceMean / ReduceSum over every axis but the batch and one kept (channel) axis, anywhere:
+    token pooling (B, L, C) over L, a channels-last map (B, H, W, C) over H and W.
+
+    As for global pooling, with w the site weights normalized over the n reduced elements:
+        mean = sum w m,  shared = (sum w sqrt(nu_s))^2,  within = sum w nu_e / n
+    (the sample root is common to all reduced elements, the element root independent)."""
+    from .common import Unsupported
+    mean, var, shared = sig.stats()
+    dims = ctx.graph.static_dims(node.input[0])
+    lengths = [sig.axes[a].length if sig.axes[a] is not None else (dims[a] if dims and dims[a] else None)
+               for a in reduced]
+    if not all(lengths):
+        raise Unsupported("unknown number of positions to reduce")
+    n = float(np.prod(lengths))
+    red = tuple(reduced)
+    w = np.broadcast_to(sig.site_weights(), mean.shape)
+    w = w / w.sum(axis=red, keepdims=True)
+    m = (w * mean).sum(axis=red, keepdims=True)
+    s = (w * np.sqrt(shared)).sum(axis=red, keepdims=True) ** 2
+    e = (w * (var - shared)).sum(axis=red, keepdims=True) / n
+    scale = n if rule.get("sum") else 1.0
+    m, v = m * scale, (s + e) * scale ** 2
+    axes = [None if a in reduced else sig.axes[a] for a in range(sig.rank)]
+    if not keepdims:
+        m, v = m.reshape([m.shape[a] for a in (0, kept)]), v.reshape([v.shape[a] for a in (0, kept)])
+        axes = [None, axes[kept]]
+    ctx.set(node.output[0], gaussian(node.output[0], m, v, 0.0, axes, False))
+
+
 def reduce_positions(node, rule, ctx):
     """ReduceMean / ReduceSum / ReduceMax over all position axes (2, 3, ...): global pooling by another name.
 
-    ``keepdims=0`` drops the reduced axes. Any other set of axes is left to the
-    Monte Carlo fallback.
+    ``keepdims=0`` drops the reduced axes. A mean or sum over all axes but the batch and
+    one other (channels last) goes to ``_channels_last_mean``; any other set of axes is
+    left to the Monte Carlo fallback.
     """
     from .common import Unsupported
     x, out = node.input[0], node.output[0]
@@ -175,8 +206,14 @@ def reduce_positions(node, rule, ctx):
     if axes is None and len(node.input) > 1 and node.input[1]:
         value = ctx.value(node.input[1])
         axes = None if value is None else [int(a) for a in np.asarray(value).reshape(-1)]
-    if axes is None or sig.rank < 3 or sorted(a % sig.rank for a in axes) != list(range(2, sig.rank)):
+    if axes is None or sig.rank < 3:
         raise Unsupported("reduction over other axes than all positions")
+    reduced = sorted({a % sig.rank for a in axes})
+    if reduced != list(range(2, sig.rank)):
+        kept = [a for a in range(1, sig.rank) if a not in reduced]
+        if 0 in reduced or len(kept) != 1 or rule.get("reduce") == "max":
+            raise Unsupported("reduction over other axes than all positions")
+        return _channels_last_mean(node, rule, ctx, sig, reduced, kept[0], bool(attrs.get("keepdims", 1)))
     _global(node, {"reduce": rule.get("reduce")}, ctx, sig, out)
     pooled = ctx.signal(out)
     if rule.get("sum"):

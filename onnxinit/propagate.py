@@ -241,9 +241,13 @@ def _constant_lookup(node, ctx: Propagation) -> bool:
     if int(attributes(node).get("axis", 0)) != 0 or graph.elem_type(node.input[1]) in FLOAT_TYPES:
         return False
     table = graph.constant_value(node.input[0])
-    if table is None or table.ndim < 2:
+    if table is None or table.ndim != 2:
         return False
-    return any(c.op_type in ("Add", "Sum") and any(i in graph.signal_tensors for i in c.input)
+
+    def is_feature_width(name):   # rows as wide as the signal's features (not a bias over heads)
+        dims = graph.static_dims(name)
+        return bool(dims) and dims[-1] == table.shape[1]
+    return any(c.op_type in ("Add", "Sum") and any(i in graph.signal_tensors and is_feature_width(i) for i in c.input)
                for c in graph.consumers.get(node.output[0], []))
 
 

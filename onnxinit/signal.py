@@ -458,3 +458,112 @@ def grid_size(roots, axes) -> int:
     for s in axes:
         n *= 1 if s is None else s.size
     return n
+
+
+
+def element_cumulants(sig: Signal):
+    """Per channel (axis 1), pooled over positions: (nu_e, kappa_3, kappa_4) of the element part.
+
+    Conditional on the sample roots, the element part is what varies from position to
+    position; its central moments c_k are taken over the element roots at each sample
+    node and averaged over them: nu_e = E_s[c_2], kappa_3 = E_s[c_3], kappa_4 = E_s[c_4 - 3 c_2^2].
+    Arrays of shape (channels,); None when the signal has no element root."""
+    element = tuple(i for i, root in enumerate(sig.roots) if root.kind == "element")
+    if not element or sig.rank < 2:
+        return None
+    n = len(sig.roots)
+    values = sig.values
+    shape_of = lambda keep: [len(root.nodes) if i in keep else 1 for i, root in enumerate(sig.roots)] + [1] * sig.rank
+    sample = tuple(i for i in range(n) if i not in element)
+    we = _grid_weights([sig.roots[i] for i in element]).reshape(shape_of(element))
+    ws = _grid_weights([sig.roots[i] for i in sample]).reshape(shape_of(sample))
+    d = values - np.sum(we * values, axis=element, keepdims=True)
+    d2 = d * d
+    c2 = np.sum(we * d2, axis=element, keepdims=True)
+    c3 = np.sum(we * d2 * d, axis=element, keepdims=True)
+    k4 = np.sum(we * d2 * d2, axis=element, keepdims=True) - 3.0 * c2 * c2
+    grid = tuple(range(n))
+    site_w = sig.site_weights()
+    positions = tuple(range(2, sig.rank))
+    site_w = site_w / site_w.sum(axis=positions, keepdims=True)
+    pooled = []
+    for c in (c2, c3, k4):
+        per_site = np.sum(ws * c, axis=grid)                     # site-shaped
+        per_site = np.sum(np.broadcast_to(site_w, per_site.shape) * per_site, axis=positions)
+        pooled.append(per_site.reshape(-1))
+    return tuple(pooled)
+
+
+def _fleishman_moments(b, c, d):
+    """E[t^2], E[t^3], E[t^4] - 3 of t = -c + b z + c z^2 + d z^3, z ~ N(0, 1) (Fleishman 1978)."""
+    m2 = b * b + 6 * b * d + 2 * c * c + 15 * d * d
+    m3 = 2 * c * (b * b + 24 * b * d + 105 * d * d + 2)
+    m4 = 24 * (b * d + c * c * (1 + b * b + 28 * b * d) + d * d * (12 + 48 * b * d + 141 * c * c + 225 * d * d))
+    return np.stack([m2, m3, m4])
+
+
+def fleishman(skew, kurt, iterations: int = 40):
+    """(b, c, d) per entry so t = -c + b z + c z^2 + d z^3 has mean 0, variance 1 and the given
+    skewness and excess kurtosis (Newton's method). A pair no cubic reaches (or that does not
+    converge) is shrunk toward (0, 0) by halves until one does; (1, 0, 0) is the Gaussian."""
+    skew, kurt = np.asarray(skew, np.float64).reshape(-1), np.asarray(kurt, np.float64).reshape(-1)
+    result = np.tile(np.array([[1.0], [0.0], [0.0]]), (1, skew.size))
+    pending = np.ones(skew.size, bool)
+    for shrink in (1.0, 0.5, 0.25, 0.125, 0.0625):
+        if not pending.any():
+            break
+        target = np.stack([np.ones(pending.sum()), skew[pending] * shrink, kurt[pending] * shrink])
+        x = np.tile(np.array([[1.0], [0.0], [0.0]]), (1, pending.sum()))
+        with np.errstate(all="ignore"):
+            for _ in range(iterations):
+                f = _fleishman_moments(*x) - target
+                jac = np.empty((x.shape[1], 3, 3))
+                for k in range(3):
+                    step = np.zeros_like(x)
+                    step[k] = 1e-6
+                    jac[:, :, k] = ((_fleishman_moments(*(x + step)) - _fleishman_moments(*(x - step))) / 2e-6).T
+                try:
+                    x = x - np.linalg.solve(jac, f.T[:, :, None])[:, :, 0].T
+                except np.linalg.LinAlgError:
+                    break
+            error = np.max(np.abs(_fleishman_moments(*x) - target), axis=0)
+        good = np.isfinite(error) & (error < 1e-6) & (x[0] > 0)
+        where = np.flatnonzero(pending)
+        result[:, where[good]] = x[:, good]
+        pending[where[good]] = False
+    return result
+
+
+def with_element_shape(sig: Signal, skew, kurt) -> Signal:
+    """``sig`` (a fresh linear Gaussian) with its element root given per-channel skewness and
+    excess kurtosis: its nodes z are mapped through Fleishman's cubic -c + b z + c z^2 + d z^3,
+    whose first four moments the quadrature reproduces exactly, so every site keeps its mean,
+    shared and within variance. The sum of a few taps of a skewed, heavy-tailed input (a
+    depthwise conv after x*sigmoid(x)) is far from Gaussian, and the next nonlinearity sees it."""
+    if sig.linear is None:
+        return sig
+    mean, coefs = sig.linear
+    element = [i for i, root in enumerate(sig.roots) if root.kind == "element"]
+    if not element:
+        return sig
+    e = element[0]
+    root = sig.roots[e]
+    site_shape = tuple(1 if a is None else a.size for a in sig.axes)
+    if sig.rank < 2 or np.size(skew) not in (1, site_shape[1]):
+        return sig
+    b, c, d = fleishman(skew, kurt)
+    z = root.nodes[:, None]
+    t = -c + b * z + c * z * z + d * z ** 3                          # (nodes, channels)
+    n = len(sig.roots)
+    values = np.asarray(mean, np.float64)
+    for i, (r, coef) in enumerate(zip(sig.roots, coefs)):
+        if i == e:
+            channels = t.shape[1]
+            shape = [len(r.nodes) if j == i else 1 for j in range(n)] + [1] * sig.rank
+            shape[n + 1] = channels
+            values = values + t.reshape(shape) * coef
+        else:
+            z_i = r.nodes.reshape([len(r.nodes) if j == i else 1 for j in range(n)] + [1] * sig.rank)
+            values = values + z_i * coef
+    values = np.ascontiguousarray(np.broadcast_to(values, sig.grid_shape + site_shape), dtype=np.float64)
+    return Signal(sig.roots, values, sig.axes, sig._stats)

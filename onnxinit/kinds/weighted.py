@@ -23,10 +23,13 @@ import numpy as np
 
 from ..layouts import Layout, conv_transpose_tap_fraction
 from ..moments import Moments
-from ..signal import SITE_BUDGET, Sites, gaussian, pool_positions, site_count
+from ..signal import SITE_BUDGET, Sites, element_cumulants, gaussian, pool_positions, site_count, with_element_shape
 from ..windows import window
 from .common import Unsupported, attributes
 from .transformer import matmul_product
+
+
+FEW_TAPS = 64   # fan-in (input channels x taps per output) up to which a conv's output shape is kept
 
 
 @dataclass
@@ -163,6 +166,36 @@ def _per_channel(array: np.ndarray, axis: int, channels: int) -> np.ndarray:
     if array.shape[0] == 1:
         return np.broadcast_to(array, (channels,) + array.shape[1:])
     raise Unsupported(f"input has {array.shape[0]} channels where the weight expects {channels}")
+
+
+def _few_taps_shape(signal, layout, c, x_signal, alpha):
+    """A conv summing few taps per output (depthwise: 9 to 49) of a skewed, heavy-tailed input
+    is not Gaussian. With the input's element part per channel (nu_e, kappa_3, kappa_4) and
+    independent taps, the output's element part has
+        kappa_k(y_j) = alpha^k sum_{i,t} C[j,i,t]^k kappa_k(x_i),   k = 2, 3, 4,
+    and its skewness kappa_3 / kappa_2^1.5 and excess kurtosis kappa_4 / kappa_2^2 shape the
+    output's element root (signal.with_element_shape)."""
+    cumulants = element_cumulants(x_signal)
+    if cumulants is None:
+        return signal
+    out, fan, taps = c.shape
+    groups = layout.group_count
+    channels = fan * groups
+    if any(len(k) not in (1, channels) for k in cumulants):
+        return signal
+    unit_group = np.arange(out) // (out // groups)
+    index = unit_group[:, None] * fan + np.arange(fan)[None, :]                 # (out, fan) input channel
+    c = c.astype(np.float64)
+    k2, k3, k4 = (np.broadcast_to(k, (channels,))[index] for k in cumulants)
+    s2 = np.sum(k2 * np.sum(c ** 2, axis=2), axis=1)
+    s3 = np.sum(k3 * np.sum(c ** 3, axis=2), axis=1) * np.sign(alpha)
+    s4 = np.sum(k4 * np.sum(c ** 4, axis=2), axis=1)
+    ok = s2 > 0
+    skew = np.where(ok, s3 / np.maximum(s2, 1e-300) ** 1.5, 0.0)
+    kurt = np.where(ok, s4 / np.maximum(s2, 1e-300) ** 2, 0.0)
+    if max(np.max(np.abs(skew)), np.max(np.abs(kurt))) < 1e-3:
+        return signal
+    return with_element_shape(signal, skew, kurt)
 
 
 def _conv_inputs(node, layout, x, ctx, attrs):
@@ -349,6 +382,8 @@ def weighted(node, rule, ctx):
         if site_count(axes) > SITE_BUDGET:
             *arrays, axes = pool_positions(*arrays, axes, layer.site_weights.reshape([1, 1] + site_shape[2:]))
         signal = gaussian(out, *arrays, axes, positions)
+        if layout.kind == "conv" and positions and layout.canonical_shape[1] * layout.canonical_shape[2] <= FEW_TAPS:
+            signal = _few_taps_shape(signal, layout, layout.to_canonical(ctx.value(weight)), ctx.signal(x), alpha)
     elif dense is not None:
         axes, axis, rest_shape = dense
         axes = list(axes)

@@ -62,8 +62,14 @@ EXTERNAL_DATA = {"gpt2"}   # written with its weights in an external data file
 EVAL = "_eval"             # NAME_eval: the same model exported in inference mode (BN folded, no dropout)
 
 
+IMAGE_SIZE = None   # --image-size: every image model's input made S x S (the 64x64 defaults)
+
+
 def spec_of(name: str) -> list:
-    return MODELS[name.removesuffix(EVAL)]
+    spec = MODELS[name.removesuffix(EVAL)]
+    if IMAGE_SIZE and spec == IMG64:
+        return [("x", (3, IMAGE_SIZE, IMAGE_SIZE), "float32", None)]
+    return spec
 
 NIO_MODELS = ["resnet50", "resnet18", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
               "densenet121", "vit_b_16", "convnext_tiny", "swin_tiny", "bert"]
@@ -189,7 +195,8 @@ def run_logged(cmd: list, log: Path, timeout: float) -> tuple[int | None, str, f
 
 def cmd_export(args):
     for name in args.models:
-        code, text, seconds = run_logged([args.export_python, __file__, "export-one", name, "--out", str(args.out)],
+        size = ["--image-size", str(args.image_size)] if args.image_size else []
+        code, text, seconds = run_logged([args.export_python, __file__, "export-one", name, "--out", str(args.out)] + size,
                                          args.out / f"{name}.export.log", args.timeout)
         entry = {"step": "export", "model": name, "ok": code == 0, "seconds": round(seconds, 1)}
         if code == 0:
@@ -332,6 +339,7 @@ def main():
     one = sub.add_parser("export-one", help="(internal; export environment) export one model")
     one.add_argument("name", choices=sorted(MODELS) + sorted(m + EVAL for m in MODELS))
     one.add_argument("--out", type=Path, required=True)
+    one.add_argument("--image-size", type=int, default=None)
     for command in ("all", "export", "nio", "wninit", "autoinit"):
         p = sub.add_parser(command)
         p.add_argument("--out", type=Path, default=Path("/tmp/fullsize"))
@@ -341,7 +349,11 @@ def main():
                        f" (NAME{EVAL}: the inference-mode export of NAME)")
         p.add_argument("--iters", type=int, default=2)
         p.add_argument("--timeout", type=float, default=900, help="seconds per model and step")
+        p.add_argument("--image-size", type=int, default=None,
+                       help="input size S x S for the CNNs that default to 64x64 (export step; use its own --out)")
     args = parser.parse_args()
+    global IMAGE_SIZE
+    IMAGE_SIZE = args.image_size
     if args.command == "export-one":
         os.environ.setdefault("OMP_NUM_THREADS", "2")
         print(json.dumps(export_one(args.name, args.out)))

@@ -1,7 +1,8 @@
 """Effect of keeping few-tap (depthwise) conv outputs non-Gaussian, on whole networks.
 
-For each model and seed: AutoInit with the output of convs of fan-in <= FEW_TAPS taken for
-Gaussian (the baseline, FEW_TAPS = 0) and with its skewness and kurtosis kept (the default),
+For each model and seed: AutoInit with the output of depthwise-like convs (weighted.FEW_TAPS,
+FEW_CHANNELS) taken for Gaussian (the baseline, FEW_TAPS = 0) and with its skewness and
+kurtosis kept (the default),
 in the same process; then ``inspect --measure`` on N(0, 1) input. Prints, per run, the weighted
 layers whose measured variance is in [0.5, 2] and the model output's variance.
 

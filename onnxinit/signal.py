@@ -517,6 +517,8 @@ def fleishman(skew, kurt, iterations: int = 40):
         with np.errstate(all="ignore"):
             for _ in range(iterations):
                 f = _fleishman_moments(*x) - target
+                if np.all(np.abs(f) < 1e-12):
+                    break
                 jac = np.empty((x.shape[1], 3, 3))
                 for k in range(3):
                     step = np.zeros_like(x)

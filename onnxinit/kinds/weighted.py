@@ -29,7 +29,8 @@ from .common import Unsupported, attributes
 from .transformer import matmul_product
 
 
-FEW_TAPS = 64   # fan-in (input channels x taps per output) up to which a conv's output shape is kept
+FEW_TAPS = 64      # fan-in (input channels x taps per output) up to which a conv's output shape is kept,
+FEW_CHANNELS = 4   # for convs with a spatial kernel and at most this many input channels per group (depthwise)
 
 
 @dataclass
@@ -382,7 +383,8 @@ def weighted(node, rule, ctx):
         if site_count(axes) > SITE_BUDGET:
             *arrays, axes = pool_positions(*arrays, axes, layer.site_weights.reshape([1, 1] + site_shape[2:]))
         signal = gaussian(out, *arrays, axes, positions)
-        if layout.kind == "conv" and positions and layout.canonical_shape[1] * layout.canonical_shape[2] <= FEW_TAPS:
+        _, fan, taps = layout.canonical_shape
+        if layout.kind == "conv" and positions and taps > 1 and fan <= FEW_CHANNELS and fan * taps <= FEW_TAPS:
             signal = _few_taps_shape(signal, layout, layout.to_canonical(ctx.value(weight)), ctx.signal(x), alpha)
     elif dense is not None:
         axes, axis, rest_shape = dense

@@ -30,8 +30,10 @@ def _shape(ctx, name):
 
 
 def _draw(sig, dims, rng):
-    """Samples of shape dims (batch filled in) from the signal's per-site Gaussian statistics."""
-    mean, var, _ = sig.stats()
+    """Samples of shape dims (batch filled in) from the signal's per-site Gaussian statistics:
+    the shared part drawn once per (sample, channel) and equal at every position (axes 2, ...),
+    the rest per element (a part common to a whole attention row cancels in its softmax)."""
+    mean, var, shared = sig.stats()
     index = []
     for a, (sites, d) in enumerate(zip(sig.axes, dims)):
         if sites is None:
@@ -39,9 +41,14 @@ def _draw(sig, dims, rng):
         else:
             index.append(sites.index_of(np.arange(d)))
     grid = np.ix_(*index)
-    m = np.broadcast_to(mean, [1 if s is None else s.size for s in sig.axes])[grid]
-    v = np.broadcast_to(var, [1 if s is None else s.size for s in sig.axes])[grid]
-    return m + np.sqrt(v) * rng.standard_normal(dims)
+    site_shape = [1 if s is None else s.size for s in sig.axes]
+    m = np.broadcast_to(mean, site_shape)[grid]
+    v = np.broadcast_to(var, site_shape)[grid]
+    if len(dims) < 3:
+        return m + np.sqrt(v) * rng.standard_normal(dims)
+    s = np.clip(np.broadcast_to(shared, site_shape)[grid], 0.0, v)
+    per_sample = rng.standard_normal(list(dims[:2]) + [1] * (len(dims) - 2))
+    return m + np.sqrt(s) * per_sample + np.sqrt(v - s) * rng.standard_normal(dims)
 
 
 def _run_ort(node, feeds, graph):

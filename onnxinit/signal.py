@@ -221,7 +221,9 @@ def _site_stats(sig: Signal):
         conditional = np.tensordot(we, moved, axes=len(element_axes))   # (sample nodes..., sites)
         ws = _grid_weights([sig.roots[i] for i in sample_axes]).reshape(-1)
         c = conditional.reshape(ws.size, -1)
-        shared = np.clip(ws @ (c * c) - mean * mean, 0.0, var)
+        with np.errstate(invalid="ignore"):
+            shared = np.clip(ws @ (c * c) - mean * mean, 0.0, var)
+        shared = np.where(np.isfinite(shared), shared, 0.0)   # a site at -inf everywhere (a masked score)
     return mean.reshape(site_shape), var.reshape(site_shape), shared.reshape(site_shape)
 
 

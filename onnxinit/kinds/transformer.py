@@ -182,5 +182,30 @@ def matmul_product(node, ctx):
     var = k * (a.second_moment * b.second_moment - (a.mean * b.mean) ** 2)
     rank = ctx.rank(out) or 2
     positions = ctx.has_positions(out)
-    ctx.set(out, gaussian(out, mean, 0.0 if positions else var, var if positions else 0.0,
-                          (None,) * rank, positions))
+    shared = var if not positions else 0.0
+    if positions and feeds_row_softmax(out, ctx):
+        # scores q_i . k_j: the part sum_u q_iu (m_u + s_u) of B's mean and shared part is the
+        # same for every key j, and a softmax over j cancels it: carried as the shared part
+        shared = float(np.clip(k * (a.second_moment * (b.mean ** 2 + b.shared) - (a.mean * b.mean) ** 2), 0.0, var))
+    ctx.set(out, gaussian(out, mean, shared, var - shared, (None,) * rank, positions))
+
+
+ROW_SOFTMAX_PATH = {"Div", "Mul", "Add", "Sub", "Where", "Cast", "Identity", "Reshape"}
+
+
+def feeds_row_softmax(name: str, ctx, limit: int = 6) -> bool:
+    """Does ``name`` reach a softmax over its last axis through scaling, masking and reshapes only?"""
+    graph = ctx.graph
+    for _ in range(limit):
+        consumers = graph.consumers.get(name, [])
+        if len(consumers) != 1 or consumers[0].domain not in ("", "ai.onnx"):
+            return False
+        node = consumers[0]
+        if node.op_type == "Softmax":
+            rank = ctx.rank(name)
+            default = -1 if graph.opsets.get("", 1) >= 13 else 1
+            return rank is not None and int(attributes(node).get("axis", default)) % rank == rank - 1
+        if node.op_type not in ROW_SOFTMAX_PATH:
+            return False
+        name = node.output[0]
+    return False

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .kinds.common import Unsupported
+from .kinds.common import Unsupported, attributes
 from .op_eval import run_node
 from .signal import Sites, gaussian
 
@@ -29,7 +29,22 @@ def _shape(ctx, name):
     return dims
 
 
-def _draw(sig, dims, rng):
+def softmax_tilt(scores: np.ndarray, element: np.ndarray, p: np.ndarray, within: float) -> float:
+    """tau = (E[(sum_j p_j e_j)^2] - E[sum_j p_j^2] nu_e) / nu_e for a softmax over the last axis,
+    e_j the part of score j that varies from key to key (variance nu_e), p the softmax.
+
+    The keys' scores and values are projections of the same tokens, so each value channel
+    has about 1/D of its token-to-token variance along the score direction (D the tokens'
+    width): P @ V then gains nu_v tau / D over the independent product (kinds/transformer.py)."""
+    if not within > 0:
+        return 0.0
+    valid = np.isfinite(scores)
+    e = np.where(valid, element, 0.0)
+    tilted = np.sum(p * e, axis=-1)
+    return float((np.mean(tilted ** 2) - np.mean(np.sum(p * p, axis=-1)) * within) / within)
+
+
+def _draw(sig, dims, rng, parts=None):
     """Samples of shape dims (batch filled in) from the signal's per-site Gaussian statistics:
     the shared part drawn once per (sample, channel) and equal at every position (axes 2, ...),
     the rest per element (a part common to a whole attention row cancels in its softmax)."""
@@ -48,7 +63,12 @@ def _draw(sig, dims, rng):
         return m + np.sqrt(v) * rng.standard_normal(dims)
     s = np.clip(np.broadcast_to(shared, site_shape)[grid], 0.0, v)
     per_sample = rng.standard_normal(list(dims[:2]) + [1] * (len(dims) - 2))
-    return m + np.sqrt(s) * per_sample + np.sqrt(v - s) * rng.standard_normal(dims)
+    element = np.sqrt(v - s) * rng.standard_normal(dims)
+    if parts is not None:
+        parts["element"] = element
+        parts["within"] = float(np.mean(np.where(np.isfinite(m), v - s, 0.0)[np.isfinite(m)])) \
+            if np.isfinite(m).any() else 0.0
+    return m + np.sqrt(s) * per_sample + element
 
 
 def _run_ort(node, feeds, graph):
@@ -73,6 +93,14 @@ def _run_ort(node, feeds, graph):
     return session.run(None, {k: v for k, v in feeds.items() if k in {i.name for i in inputs}})
 
 
+def _is_row_softmax(node, ctx) -> bool:
+    if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
+        return False
+    rank = ctx.rank(node.input[0])
+    default = -1 if ctx.graph.opsets.get("", 1) >= 13 else 1
+    return rank is not None and rank >= 3 and int(attributes(node).get("axis", default)) % rank == rank - 1
+
+
 def monte_carlo(node, ctx) -> str:
     """Set the node's float outputs from a sampled run; returns which engine ran it."""
     graph = ctx.graph
@@ -84,7 +112,7 @@ def monte_carlo(node, ctx) -> str:
         dims = graph.static_dims(name) if name else None
         if dims and float(np.prod([d or 1 for d in dims], dtype=np.float64)) > 4 * MAX_ELEMENTS:
             raise Unsupported(f"output {name!r} would be too large to sample")
-    feeds, batch = {}, None
+    feeds, batch, drawn = {}, None, {}
     for name in node.input:
         if not name or not ctx.is_signal(name):
             continue
@@ -104,7 +132,8 @@ def monte_carlo(node, ctx) -> str:
                 raise Unsupported(f"input {name!r} of shape {dims} is too large to sample")
             elem = graph.elem_type(name) or onnx.TensorProto.FLOAT
             dtype = helper.tensor_dtype_to_np_dtype(elem)
-            feeds[name] = _draw(ctx.signal(name), dims, rng).astype(dtype)
+            parts = drawn.setdefault(name, {})
+            feeds[name] = _draw(ctx.signal(name), dims, rng, parts).astype(dtype)
         else:
             value = ctx.value(name)
             if value is None:
@@ -121,6 +150,10 @@ def monte_carlo(node, ctx) -> str:
             values = run_node(node, [feeds.get(n) if n else None for n in node.input], graph.opsets)
         except Exception as exc:  # noqa: BLE001
             raise Unsupported(f"nothing could execute it ({exc.__class__.__name__})") from exc
+    if _is_row_softmax(node, ctx) and node.input[0] in drawn and "element" in drawn[node.input[0]]:
+        parts = drawn[node.input[0]]
+        ctx.softmax_tilt[node.output[0]] = softmax_tilt(feeds[node.input[0]].astype(np.float64), parts["element"],
+                                                        np.asarray(values[0], np.float64), parts["within"])
     for name, value in zip([o for o in node.output if o], values):
         if name not in graph.signal_tensors:
             continue

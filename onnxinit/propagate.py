@@ -76,6 +76,7 @@ class Propagation:
     embeddings: list = field(default_factory=list)
     structural_changes: list = field(default_factory=list)
     row_shared: dict = field(default_factory=dict)   # token rows (T·N, E): share common to all tokens
+    softmax_tilt: dict = field(default_factory=dict)  # softmax output: tau (montecarlo.softmax_tilt)
 
     # --- what kinds use --------------------------------------------------
     def __post_init__(self):

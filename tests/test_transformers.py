@@ -144,3 +144,47 @@ def test_symbolic_sequence_length_is_analysed_at_the_default_size():
     assert [(r.node, round(r.output.var, 9)) for r in report.layers] == \
         [(r.node, round(r.output.var, 9)) for r in expected.layers]
     assert model.graph.input[0].type.tensor_type.shape.dim[1].dim_param == "seq"
+
+
+def _self_attention(width=32, tokens=16, heads=2, seed=0):
+    """x (N, T, D) -> q, k, v (random weights) -> softmax(q k^T / sqrt(d)) v, heads split (rank 4)."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(seed)
+    d = width // heads
+    inits = [numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), n)
+             for n in ("wq", "wk", "wv")]
+    inits += [numpy_helper.from_array(np.array([0, tokens, heads, d], np.int64), "split_heads"),
+              numpy_helper.from_array(np.array(1 / np.sqrt(d), np.float32), "scale")]
+    nodes = []
+    for n in ("q", "k", "v"):
+        nodes += [helper.make_node("MatMul", ["x", f"w{n}"], [f"{n}0"]),
+                  helper.make_node("Reshape", [f"{n}0", "split_heads"], [f"{n}1"]),
+                  helper.make_node("Transpose", [f"{n}1"], [f"{n}h"], perm=[0, 2, 1, 3])]
+    nodes += [helper.make_node("Transpose", ["kh"], ["kt"], perm=[0, 1, 3, 2]),
+              helper.make_node("MatMul", ["qh", "kt"], ["s0"]),
+              helper.make_node("Mul", ["s0", "scale"], ["s"]),
+              helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "vh"], ["y"])]
+    graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", tokens, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_softmax_weighted_values_see_the_score_direction():
+    """Scores and values read the same tokens: each value channel has about 1/D of its variance
+    along the score direction, and the softmax favours keys whose scores (so values) are large
+    in magnitude. E[(P @ V)^2] measured 18-25% above the independent product at width 32 (4
+    weight draws; 10-14% at width 64, 31-43% at 16); with the tilt statistic from the softmax's
+    Monte Carlo (montecarlo.softmax_tilt), -0.4% to +5% (-5% to +7% at width 16)."""
+    from onnxinit.graph import Graph
+    from onnxinit.moments import Moments
+    from onnxinit.propagate import propagate
+    from onnxinit.rules import RuleTable
+    for seed in range(4):
+        model = _self_attention(seed=seed)
+        ctx = propagate(Graph(model), RuleTable(()), Moments(0.0, 1.0))
+        assert ctx.softmax_tilt, ctx.warnings
+        x = np.random.default_rng(7).standard_normal((4096, 16, 32)).astype(np.float32)
+        y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        predicted, measured = ctx.moments["y"].second_moment, float(np.mean(y.astype(np.float64) ** 2))
+        assert abs(predicted / measured - 1) < 0.06, (seed, predicted, measured)

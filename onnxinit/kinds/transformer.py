@@ -159,8 +159,26 @@ def attention_mix(node, ctx):
     axes = list(v.axes)
     axes[-2] = None
     out = node.output[0]
+    tilt = _tilt(node.input[0], node.input[1], ctx)
     ctx.set(out, gaussian(out, rows * m, rows * rows * s + k * p.mean ** 2 * within,
-                          k * p.var * (within + spread), axes, ctx.has_positions(out)))
+                          k * p.var * (within + spread) + tilt * within, axes, ctx.has_positions(out)))
+
+
+def _tilt(probabilities: str, values: str, ctx) -> float:
+    """tau / D for the softmax behind ``probabilities`` (montecarlo.softmax_tilt): scores and
+    values both read the keys' tokens x_j, and a value channel w . x_j has 1/D of its variance
+    along the score direction a . x_j (random directions in the tokens' D dimensions), so
+        E[(sum_j p_j v_j)^2] gains  nu_v / D * (E[(sum_j p_j e_j)^2] - E[sum_j p_j^2] nu_e) / nu_e.
+    D = heads x value width (the model width the projections read); 0 when unknown."""
+    graph = ctx.graph
+    name = probabilities
+    while (node := graph.producer.get(name)) is not None and node.op_type in TRANSPARENT_TO_ROWS:
+        name = node.input[0]
+    tau = ctx.softmax_tilt.get(name)
+    dims = graph.static_dims(values)
+    if tau is None or not dims or len(dims) != 4 or not dims[1] or not dims[3]:
+        return 0.0
+    return max(tau, 0.0) / (dims[1] * dims[3])
 
 
 def matmul_product(node, ctx):

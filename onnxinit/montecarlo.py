@@ -157,25 +157,31 @@ def monte_carlo(node, ctx) -> str:
     for name, value in zip([o for o in node.output if o], values):
         if name not in graph.signal_tensors:
             continue
-        value = np.asarray(value, np.float64)
-        if value.size == 0 or not np.issubdtype(value.dtype, np.floating):
-            continue
-        positions = ctx.has_positions(name)
-        rank = value.ndim
-        if rank >= 2 and 1 < value.shape[1] <= MAX_CHANNELS:
-            axes = [None, Sites.full(value.shape[1])] + [None] * (rank - 2)
-            moved = np.moveaxis(value, 1, 0).reshape(value.shape[1], -1)
-            mean, var = moved.mean(axis=1), moved.var(axis=1)
-            shape = [1, value.shape[1]] + [1] * (rank - 2)
-            if positions:
-                per_sample = np.moveaxis(value, 1, -1).reshape(value.shape[0], -1, value.shape[1]).mean(axis=1)
-                shared = np.clip(per_sample.var(axis=0), 0.0, var)
-            else:
-                shared = var
-            ctx.set(name, gaussian(name, mean.reshape(shape), shared.reshape(shape), (var - shared).reshape(shape),
-                                   axes, positions))
-        else:
-            mean, var = float(value.mean()), float(value.var())
-            ctx.set(name, gaussian(name, mean, var if not positions else 0.0, 0.0 if not positions else var,
-                                   [None] * max(rank, 1), positions))
+        set_from_samples(name, value, ctx)
     return engine
+
+
+def set_from_samples(name: str, value, ctx) -> None:
+    """Set ``name``'s signal from samples (batch first): per-channel (axis 1) mean and variance,
+    the variance of the per-sample mean over positions as the shared part."""
+    value = np.asarray(value, np.float64)
+    if value.size == 0 or not np.issubdtype(value.dtype, np.floating):
+        return
+    positions = ctx.has_positions(name)
+    rank = value.ndim
+    if rank >= 2 and 1 < value.shape[1] <= MAX_CHANNELS:
+        axes = [None, Sites.full(value.shape[1])] + [None] * (rank - 2)
+        moved = np.moveaxis(value, 1, 0).reshape(value.shape[1], -1)
+        mean, var = moved.mean(axis=1), moved.var(axis=1)
+        shape = [1, value.shape[1]] + [1] * (rank - 2)
+        if positions:
+            per_sample = np.moveaxis(value, 1, -1).reshape(value.shape[0], -1, value.shape[1]).mean(axis=1)
+            shared = np.clip(per_sample.var(axis=0), 0.0, var)
+        else:
+            shared = var
+        ctx.set(name, gaussian(name, mean.reshape(shape), shared.reshape(shape), (var - shared).reshape(shape),
+                               axes, positions))
+    else:
+        mean, var = float(value.mean()), float(value.var())
+        ctx.set(name, gaussian(name, mean, var if not positions else 0.0, 0.0 if not positions else var,
+                               [None] * max(rank, 1), positions))

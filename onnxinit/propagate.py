@@ -13,6 +13,7 @@ from .kinds.common import Unsupported, attributes, signal_inputs
 from .moments import Moments
 from .montecarlo import monte_carlo
 from .op_eval import run_node
+from .random_ops import as_signal, sample_random
 from .residual import weight_residual_sum
 from .signal import Signal, gaussian
 
@@ -77,6 +78,7 @@ class Propagation:
     structural_changes: list = field(default_factory=list)
     row_shared: dict = field(default_factory=dict)   # token rows (T·N, E): share common to all tokens
     softmax_tilt: dict = field(default_factory=dict)  # softmax output: tau (montecarlo.softmax_tilt)
+    probe_values: dict = field(default_factory=dict)  # random masks sampled at the probe batch (random_ops.py)
 
     # --- what kinds use --------------------------------------------------
     def __post_init__(self):
@@ -306,6 +308,9 @@ def _visit(node, ctx: Propagation, rules, residual: str) -> None:
                 return
             except Unsupported as exc:
                 ctx.warn(f"{node.op_type} ({node.name or node.output[0]}): {exc}")
+        if sample_random(node, ctx):
+            ctx.kinds_used["random"] = ctx.kinds_used.get("random", 0) + 1
+            return
         if node.op_type != "Constant":
             lookup = ctx.scheme is not None and _constant_lookup(node, ctx)
             if lookup:
@@ -321,6 +326,9 @@ def _visit(node, ctx: Propagation, rules, residual: str) -> None:
     if not any(o in graph.signal_tensors for o in node.output if o):
         _shape_data(node, ctx)
         return
+    for name in node.input:
+        if name and name in ctx.probe_values and not ctx.is_signal(name):
+            as_signal(name, ctx)
     if node.op_type in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Split", "Gather", "Slice",
                         "Pad", "MatMul", "Concat") or node.op_type in SAME_SHAPE:
         fill_dims(node, ctx)

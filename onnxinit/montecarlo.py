@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from .kinds.common import Unsupported, attributes
+from .kinds.common import Unsupported, softmax_on_last_axis
 from .op_eval import run_node
 from .signal import Sites, gaussian
 
@@ -94,11 +94,8 @@ def _run_ort(node, feeds, graph):
 
 
 def _is_row_softmax(node, ctx) -> bool:
-    if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
-        return False
     rank = ctx.rank(node.input[0])
-    default = -1 if ctx.graph.opsets.get("", 1) >= 13 else 1
-    return rank is not None and rank >= 3 and int(attributes(node).get("axis", default)) % rank == rank - 1
+    return rank is not None and rank >= 3 and softmax_on_last_axis(node, ctx)
 
 
 def monte_carlo(node, ctx) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..signal import Signal, Sites, align, gaussian
-from .common import Unsupported, attributes
+from .common import Unsupported, attributes, softmax_on_last_axis
 
 
 def embedding(node, rule, ctx):
@@ -120,13 +120,7 @@ def rows_sum_to_one(name: str, ctx) -> bool:
     while (node := graph.producer.get(name)) is not None and node.op_type in TRANSPARENT_TO_ROWS \
             and node.domain in ("", "ai.onnx"):
         name = node.input[0]
-    if node is None or node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
-        return False
-    rank = ctx.rank(node.input[0])
-    if rank is None:
-        return False
-    default = -1 if graph.opsets.get("", 1) >= 13 else 1
-    return int(attributes(node).get("axis", default)) % rank == rank - 1
+    return node is not None and softmax_on_last_axis(node, ctx)
 
 
 def attention_mix(node, ctx):
@@ -220,9 +214,7 @@ def feeds_row_softmax(name: str, ctx, limit: int = 6) -> bool:
             return False
         node = consumers[0]
         if node.op_type == "Softmax":
-            rank = ctx.rank(name)
-            default = -1 if graph.opsets.get("", 1) >= 13 else 1
-            return rank is not None and int(attributes(node).get("axis", default)) % rank == rank - 1
+            return softmax_on_last_axis(node, ctx)
         if node.op_type not in ROW_SOFTMAX_PATH:
             return False
         name = node.output[0]

@@ -376,13 +376,16 @@ def merge_axis(candidates):
     return min(present, key=lambda s: s.size)
 
 
-def _lift(items, rank: int):
+def _lift(items, rank: int, values: bool = True):
+    """Items brought to ``rank`` by leading size-1 axes; ``values=False`` lifts only a Signal's
+    roots and sites (what :func:`layout` reads), so a linear Signal's grid is not built."""
     lifted = []
     for item in items:
         if isinstance(item, Signal):
             pad = rank - item.rank
-            lifted.append(Signal(item.roots, item.values.reshape(
-                item.grid_shape + (1,) * pad + item.values.shape[len(item.roots):]), (None,) * pad + item.axes))
+            grid = None if not values else item.values.reshape(
+                item.grid_shape + (1,) * pad + item.values.shape[len(item.roots):])
+            lifted.append(Signal(item.roots, grid, (None,) * pad + item.axes))
         elif item is None:
             lifted.append(None)
         else:
@@ -404,7 +407,7 @@ def _layout(lifted, rank: int):
 
 def layout(items, rank: int):
     """(roots, axes) that :func:`align` would give, without building the arrays."""
-    return _layout(_lift(items, rank), rank)
+    return _layout(_lift(items, rank, values=False), rank)
 
 
 def align(items, rank: int):

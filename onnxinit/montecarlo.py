@@ -44,7 +44,7 @@ def softmax_tilt(scores: np.ndarray, element: np.ndarray, p: np.ndarray, within:
     return float((np.mean(tilted ** 2) - np.mean(np.sum(p * p, axis=-1)) * within) / within)
 
 
-def _draw(sig, dims, rng, parts=None):
+def draw_samples(sig, dims, rng, parts=None):
     """Samples of shape dims (batch filled in) from the signal's per-site Gaussian statistics:
     the shared part drawn once per (sample, channel) and equal at every position (axes 2, ...),
     the rest per element (a part common to a whole attention row cancels in its softmax)."""
@@ -130,7 +130,7 @@ def monte_carlo(node, ctx) -> str:
             elem = graph.elem_type(name) or onnx.TensorProto.FLOAT
             dtype = helper.tensor_dtype_to_np_dtype(elem)
             parts = drawn.setdefault(name, {})
-            feeds[name] = _draw(ctx.signal(name), dims, rng, parts).astype(dtype)
+            feeds[name] = draw_samples(ctx.signal(name), dims, rng, parts).astype(dtype)
         else:
             value = ctx.value(name)
             if value is None:

@@ -6,6 +6,7 @@ with ``ctx.set``. The rule table (rules/ops.toml) maps op types to kinds.
 from .elementwise import elementwise
 from .normalize import batchnorm, fixed
 from .pooling import pool, reduce_positions
+from .softmax import softmax
 from .structural import concat, dropout, identity, pad, reshape, slice_positions, split
 from .transformer import gather, layernorm
 from .weighted import weighted
@@ -26,4 +27,5 @@ KINDS = {
     "split": split,
     "slice": slice_positions,
     "reduce": reduce_positions,
+    "softmax": softmax,
 }

@@ -127,6 +127,39 @@ def _independent_sum_stats(node, inputs, arrays, roots, axes):
     return mean, var, shared
 
 
+def _fill_along(values: np.ndarray, axis: int) -> np.ndarray:
+    """NaN entries replaced by the nearest non-NaN entry along ``axis`` (earlier first)."""
+    moved = np.moveaxis(values, axis, -1)
+    n = moved.shape[-1]
+    index = np.arange(n)
+    valid = ~np.isnan(moved)
+    before = np.maximum.accumulate(np.where(valid, index, -1), axis=-1)
+    after = np.flip(np.minimum.accumulate(np.flip(np.where(valid, index, n), axis=-1), axis=-1), axis=-1)
+    pick = np.where(before >= 0, before, np.minimum(after, n - 1))
+    return np.moveaxis(np.take_along_axis(moved, pick, axis=-1), -1, axis)
+
+
+def _clamped_to_domain(result: np.ndarray, arrays, n_roots: int) -> np.ndarray:
+    """Nodes where the op is undefined for finite inputs (Sqrt, Log or Pow of the negative tail
+    of the Gaussian standing in for a positive quantity, a mean of squares) take the value at the
+    nearest node inside the domain, as if the input were clamped to it: the real tensor never
+    goes there, and one NaN node would make every moment downstream NaN."""
+    undefined = np.isnan(result)
+    if not undefined.any():
+        return result
+    finite = np.ones(result.shape, bool)
+    for a in arrays:
+        if isinstance(a, np.ndarray) and a.dtype.kind == "f":
+            finite &= np.broadcast_to(np.isfinite(a), result.shape)
+    if not (undefined & finite).any():
+        return result
+    filled = np.where(undefined & ~finite, 0.0, result)   # genuinely undefined sites keep their NaN below
+    filled = np.where(undefined & finite, np.nan, filled)
+    for axis in range(n_roots):
+        filled = _fill_along(filled, axis)
+    return np.where(undefined & ~finite, np.nan, filled)
+
+
 def elementwise(node, rule, ctx):
     op_node = _op_node(node, rule)
     out = node.output[0]
@@ -147,5 +180,6 @@ def elementwise(node, rule, ctx):
     result = np.asarray(result, np.float64)
     if result.ndim != len(shape):
         raise Unsupported(f"{node.op_type} changed the rank of its input")
+    result = _clamped_to_domain(result, arrays, len(roots))
     ctx.set(out, Signal(roots, np.ascontiguousarray(np.broadcast_to(result, np.broadcast_shapes(result.shape, shape))),
                         axes, _independent_sum_stats(node, inputs, arrays, roots, axes)))

@@ -65,7 +65,7 @@ def unseed_random_ops(nodes) -> None:
 PASS_IDS = {"Identity", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten"}
 
 
-def _index_range(model: onnx.ModelProto, name: str) -> int | None:
+def index_range(model: onnx.ModelProto, name: str) -> int | None:
     """Token ids: the row count of a table the input indexes with Gather (through casts and
     reshapes); None when it indexes none (a mask)."""
     tables = {t.name: t for t in model.graph.initializer}
@@ -101,7 +101,7 @@ def gaussian_feeds(model: onnx.ModelProto, batch: int, rng: np.random.Generator,
         shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else batch for d in tt.shape.dim]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
         if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
-            rows = _index_range(model, vi.name)
+            rows = index_range(model, vi.name)
             feeds[vi.name] = np.ones(shape, dtype) if rows is None else rng.integers(0, rows, shape).astype(dtype)
         else:
             feeds[vi.name] = (mean + np.sqrt(var) * rng.standard_normal(shape)).astype(dtype)

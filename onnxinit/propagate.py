@@ -5,11 +5,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 
 from .dims import PROBE_BATCH, SAME_SHAPE, fill_dims
 from .graph import FLOAT_TYPES, Graph
 from .kinds import KINDS
 from .kinds.common import Unsupported, attributes, signal_inputs
+from .measure import index_range
 from .moments import Moments
 from .montecarlo import monte_carlo
 from .op_eval import run_node
@@ -354,6 +356,20 @@ def _visit(node, ctx: Propagation, rules, residual: str) -> None:
         _fallback(node, ctx, f"the {rule.kind} rule failed ({exc})")
 
 
+def _mask_as_ones(name: str, graph: Graph) -> None:
+    """An integer or bool graph input that indexes no embedding table is a mask (BERT's
+    attention_mask): taken as all ones, nothing masked out (what measuring feeds it too), at
+    batch 1, so the additive mask built from it folds to a constant."""
+    elem = graph.elem_type(name)
+    if elem is None or elem in FLOAT_TYPES or index_range(graph.model, name) is not None:
+        return
+    dims = graph.static_dims(name)
+    if not dims or any(d is None for d in dims[1:]):
+        return
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+    graph.set_value(name, np.ones([dims[0] or 1] + list(dims[1:]), dtype))
+
+
 def propagate(graph: Graph, rules, input_moments: Moments, scheme=None, progress=None,
               residual: str = "sum") -> Propagation:
     """Moments of every signal tensor; with a scheme, weights are drawn on the way.
@@ -368,6 +384,8 @@ def propagate(graph: Graph, rules, input_moments: Moments, scheme=None, progress
         if name in graph.signal_tensors:
             m = Moments(input_moments.mean, input_moments.var, 0.0)
             ctx.set_moments(name, m if ctx.has_positions(name) else m.without_positions())
+        else:
+            _mask_as_ones(name, graph)
     total = len(graph.nodes)
     remaining = {name: len(users) for name, users in graph.consumers.items()}
     keep = set(graph.outputs)

@@ -83,3 +83,35 @@ def test_measurement_feeds_token_ids_to_tables_and_ones_to_masks():
     feeds = gaussian_feeds(helper.make_model(graph), 64, np.random.default_rng(0))
     assert feeds["ids"].min() >= 0 and 1 < feeds["ids"].max() <= 6   # the table has 7 rows
     assert np.all(feeds["mask"] == 1)
+
+
+def test_attention_mask_input_is_taken_as_ones():
+    """An additive attention mask built from an integer input (BERT: (1 - mask) * -10000,
+    unsqueezed to broadcast over the rows) is folded with the mask at ones, what measuring feeds
+    it: the scores' Add then has a rule (before: neither signal nor constant, passed through)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 1, (50, 16)).astype(np.float32), "table"),
+             numpy_helper.from_array(rng.normal(0, 0.25, (16, 16)).astype(np.float32), "wq"),
+             numpy_helper.from_array(rng.normal(0, 0.25, (16, 16)).astype(np.float32), "wk"),
+             numpy_helper.from_array(rng.normal(0, 0.25, (16, 16)).astype(np.float32), "wo"),
+             numpy_helper.from_array(np.float32(1.0), "one"), numpy_helper.from_array(np.float32(-1e4), "big"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"]),
+             helper.make_node("MatMul", ["emb", "wq"], ["q"]), helper.make_node("MatMul", ["emb", "wk"], ["k"]),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["scores"]),
+             helper.make_node("Cast", ["mask"], ["maskf"], to=TensorProto.FLOAT),
+             helper.make_node("Sub", ["one", "maskf"], ["inverted"]),
+             helper.make_node("Mul", ["inverted", "big"], ["additive"]),
+             helper.make_node("Unsqueeze", ["additive", "axis1"], ["rows"]),
+             helper.make_node("Add", ["scores", "rows"], ["masked"]),
+             helper.make_node("Softmax", ["masked"], ["p"]),
+             helper.make_node("MatMul", ["p", "emb"], ["mixed"]),
+             helper.make_node("MatMul", ["mixed", "wo"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 8]),
+                                           helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    out, report = onnxinit.autoinit(model, seed=0, return_report=True)
+    assert not report.fallbacks, report.warnings
+    assert not [w for w in report.warnings if "passed through" in w], report.warnings

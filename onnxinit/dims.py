@@ -123,6 +123,13 @@ def output_dims(node, ctx):
         return [_unprobe([int(np.prod(src[:axis])), int(np.prod(src[axis:]))])]
     if op in SAME_SHAPE:
         return [list(dims)]
+    if op == "Expand":
+        return expand_dims(dims, _value(ctx, node.input[1]))
+    if op == "Tile":
+        repeats = _value(ctx, node.input[1])
+        if repeats is None or len(repeats) != len(dims) or (repeats < 0).any():
+            return None
+        return [[None if d is None else d * int(t) for d, t in zip(dims, repeats)]]
     if op == "Slice":
         return slice_dims(node, ctx, dims)
     if op == "Pad":
@@ -145,6 +152,26 @@ def output_dims(node, ctx):
             result.append(d)
         return result
     return None
+
+
+def expand_dims(dims, shape):
+    """[dims] of Expand(x, shape): x's dims and ``shape`` broadcast, both right-aligned."""
+    if shape is None:
+        return None
+    rank = max(len(dims), len(shape))
+    dims = [1] * (rank - len(dims)) + list(dims)
+    shape = [1] * (rank - len(shape)) + [int(t) for t in shape]
+    out = []
+    for d, t in zip(dims, shape):
+        if t == BATCH_DEPENDENT:
+            out.append(None)
+        elif d is None:
+            out.append(None if t == 1 else t)
+        elif d != 1 and t != 1 and d != t:
+            return None
+        else:
+            out.append(max(d, t))
+    return [out]
 
 
 def _exact(ctx, name):

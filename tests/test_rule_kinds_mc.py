@@ -20,10 +20,16 @@ INPUT_MOMENTS = [(0.0, 1.0), (0.7, 0.5), (-1.5, 2.0)]
 RNG = np.random.default_rng(1234)
 
 
+def _initializer(name, value):
+    """Integer arrays (shapes, axes) as they are, anything else as float32."""
+    value = np.asarray(value)
+    return numpy_helper.from_array(value if value.dtype.kind in "iu" else value.astype(np.float32), name)
+
+
 def one_op(op, shape, out_shape=None, inits=(), extra_inputs=(), opset=17, **attrs):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"] + list(shape[1:]))
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    init = [numpy_helper.from_array(np.asarray(v, np.float32), n) for n, v in inits]
+    init = [_initializer(n, v) for n, v in inits]
     node = helper.make_node(op, ["x", *extra_inputs], ["y"], **attrs)
     graph = helper.make_graph([node], "case", [x], [y], init)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
@@ -32,7 +38,7 @@ def one_op(op, shape, out_shape=None, inits=(), extra_inputs=(), opset=17, **att
 def chain(nodes, shape, inits=(), opset=17):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"] + list(shape[1:]))
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    init = [numpy_helper.from_array(np.asarray(v, np.float32), n) for n, v in inits]
+    init = [_initializer(n, v) for n, v in inits]
     graph = helper.make_graph(nodes, "case", [x], [y], init)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
@@ -313,3 +319,36 @@ def test_decomposed_patterns(kind):
     as Gaussians whose far tail reaches below 0; Sqrt there gave NaN, and every moment after it
     was NaN (a LLaMA export's MLP weights were then drawn for E[x^2] = 1)."""
     check(_decomposed(kind), (1, 8, 64), tol=0.10)
+
+
+def test_instance_and_group_normalization():
+    """Normalized per sample over the positions (and a group's channels), then the per-channel
+    affine; a ReLU after shows the law's shape (not only its moments) came through, including
+    when the input has a part equal at every position of a sample (removed by the norm)."""
+    shape = (1, 6, 5, 7)
+    scale, bias = RNG.uniform(0.5, 1.5, 6), RNG.normal(0, 0.5, 6)
+    inits = [("s", scale), ("b", bias)]
+    relu = helper.make_node("Relu", ["n"], ["y"])
+    check(chain([helper.make_node("InstanceNormalization", ["x", "s", "b"], ["n"]), relu], shape, inits), shape)
+    for opset, affine in ((18, [("s", scale[::2]), ("b", bias[::2])]), (21, inits)):
+        node = helper.make_node("GroupNormalization", ["x", "s", "b"], ["n"], num_groups=3)
+        check(chain([node, relu], shape, affine, opset=opset), shape)
+    shared = [helper.make_node("ReduceMean", ["x"], ["pooled"], axes=[2, 3], keepdims=1),
+              helper.make_node("Mul", ["pooled", "four"], ["lift"]),
+              helper.make_node("Add", ["x", "lift"], ["z"]),
+              helper.make_node("InstanceNormalization", ["z", "s", "b"], ["n"]), relu]
+    check(chain(shared, shape, inits + [("four", np.float32(4.0))]), shape)
+
+
+def test_expand_and_tile():
+    """Copies keep each element's law: Expand of a size-1 axis, Tile of an axis with sites
+    (a bias per position, so the copies' sites differ), then an activation."""
+    shape = (1, 4, 1, 5)
+    nodes = [helper.make_node("Expand", ["x", "to"], ["e"]), helper.make_node("Relu", ["e"], ["y"])]
+    check(chain(nodes, shape, [("to", np.array([1, 4, 3, 5], np.int64))]), shape)
+    ramp = np.linspace(-1, 1, 5).reshape(1, 1, 1, 5)
+    nodes = [helper.make_node("Add", ["x", "ramp"], ["a"]), helper.make_node("Tile", ["a", "reps"], ["t"]),
+             helper.make_node("Slice", ["t", "start", "end", "axis"], ["y"])]
+    check(chain(nodes, shape, [("ramp", ramp), ("reps", np.array([1, 1, 2, 3], np.int64)),
+                               ("start", np.array([3], np.int64)), ("end", np.array([12], np.int64)),
+                               ("axis", np.array([3], np.int64))]), shape)

@@ -4,10 +4,10 @@ A kind reads its inputs' statistics from ``ctx`` and records its outputs'
 with ``ctx.set``. The rule table (rules/ops.toml) maps op types to kinds.
 """
 from .elementwise import elementwise
-from .normalize import batchnorm, fixed
+from .normalize import batchnorm, fixed, group_norm
 from .pooling import pool, reduce_positions
 from .softmax import softmax
-from .structural import concat, dropout, identity, pad, reshape, slice_positions, split
+from .structural import broadcast, concat, dropout, identity, pad, reshape, slice_positions, split
 from .transformer import gather, layernorm
 from .weighted import weighted
 
@@ -28,4 +28,6 @@ KINDS = {
     "slice": slice_positions,
     "reduce": reduce_positions,
     "softmax": softmax,
+    "group_norm": group_norm,
+    "broadcast": broadcast,
 }

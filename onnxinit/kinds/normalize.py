@@ -1,10 +1,11 @@
-"""Normalization: BatchNormalization (training or inference mode) and fixed-output ops."""
+"""Normalization: BatchNormalization (training or inference mode), InstanceNormalization and
+GroupNormalization, and fixed-output ops."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..signal import Signal, Sites, align, gaussian
-from .common import attributes
+from .common import Unsupported, attributes
 
 
 def _is_training(node, attrs) -> bool:
@@ -89,6 +90,94 @@ def batchnorm(node, rule, ctx):
     a = gamma / np.sqrt(var + eps)
     b = beta - a * mean
     _affine(ctx, out, sig, a, b)
+
+
+def _grouped(values, sig: Signal, groups: int):
+    """Values with the channel axis spelled out and split into (groups, channels per group)."""
+    r = len(sig.roots)
+    sites = sig.axes[1]
+    shape = values.shape
+    if sites is None:
+        return values.reshape(shape[:r + 1] + (1, 1) + shape[r + 2:]), None
+    channels = sites.length
+    if groups <= 0 or channels % groups:
+        raise Unsupported(f"{channels} channels do not split into {groups} groups")
+    if sites.size != channels:
+        values = np.take(values, sites.index_of(np.arange(channels)), axis=r + 1)
+        shape = values.shape
+    return values.reshape(shape[:r + 1] + (groups, channels // groups) + shape[r + 2:]), channels
+
+
+def _per_group_normalized(sig: Signal, groups: int, eps: float):
+    """(x - m) / sqrt(v + eps) with m, v the mean and variance over the positions (and the
+    channels of a group) of one sample: for many positions, those of x given its sample roots
+    (the parts equal at every position), pooled over the element roots and the position
+    sites. Returns the values (channel axis spelled out when it had sites) and the channel Sites.
+
+    A signal without element roots (its positions were pooled into one Gaussian upstream)
+    is normalized with its pooled statistics instead: the output moments, mean 0 and
+    variance 1 per channel, are the same either way."""
+    r = len(sig.roots)
+    element = [i for i, root in enumerate(sig.roots) if root.kind == "element"]
+    pooled_roots = element if element else list(range(r))
+    values, channels = _grouped(sig.values, sig, groups)
+    rank = values.ndim - r            # site axes: batch, group, channel in group, positions...
+    w = np.ones(values.shape[:r] + (1,) * rank)
+    for i in pooled_roots:
+        shape = [1] * values.ndim
+        shape[i] = len(sig.roots[i].nodes)
+        w = w * sig.roots[i].weights.reshape(shape)
+    for a, sites in enumerate(sig.axes[2:]):
+        if sites is not None:
+            shape = [1] * values.ndim
+            shape[r + 3 + a] = sites.size
+            w = w * (sites.counts / sites.length).reshape(shape)
+    axes = tuple(pooled_roots) + tuple(range(r + 2, values.ndim))
+    w = np.broadcast_to(w, values.shape)
+    total = w.sum(axis=axes, keepdims=True)
+    m = (w * values).sum(axis=axes, keepdims=True) / total
+    second = (w * values * values).sum(axis=axes, keepdims=True) / total
+    y = (values - m) / np.sqrt(np.maximum(second - m * m, 0.0) + eps)
+    if channels:
+        y = y.reshape(y.shape[:r + 1] + (channels,) + y.shape[r + 3:])
+        return y, Sites.full(channels)
+    return y.reshape(y.shape[:r + 1] + y.shape[r + 2:]), None
+
+
+def group_norm(node, rule, ctx):
+    """InstanceNormalization (every channel its own group) and GroupNormalization (``num_groups``):
+    y = gamma_c (x - m) / sqrt(v + eps) + beta_c, m and v over the positions and the channels
+    of the group, per sample. Per channel the output has mean beta_c and variance gamma_c^2
+    for any input; the shape of its law (what the next activation sees) is x's given its
+    parts equal at every position, which the normalization removes (shared variance 0)."""
+    attrs = attributes(node)
+    x, out = node.input[0], node.output[0]
+    sig = ctx.signal(x)
+    if sig.rank < 3:
+        raise Unsupported("no positions to normalize over")
+    scale = node.input[1] if len(node.input) > 1 else ""
+    bias = node.input[2] if len(node.input) > 2 else ""
+    if ctx.scheme is not None:
+        ctx.scheme.set_affine(node, scale, bias)
+    channels = sig.axes[1].length if sig.axes[1] is not None else None
+    groups = int(attrs["num_groups"]) if node.op_type == "GroupNormalization" else channels or 1
+    values, channel_sites = _per_group_normalized(sig, groups, float(attrs.get("epsilon", 1e-5)))
+    normalized = Signal(sig.roots, values, (sig.axes[0], channel_sites) + sig.axes[2:])
+    items = [normalized]
+    for name in (scale, bias):
+        value = ctx.value(name) if name else None
+        if value is not None:
+            value = np.asarray(value, np.float64).reshape(-1)
+            if value.size == groups and channels and channels != groups:
+                value = np.repeat(value, channels // groups)     # GroupNormalization-18: per group
+            value = value.reshape((1, -1) + (1,) * (sig.rank - 2))
+        items.append(value)
+    roots, (y, g, b), axes = align(items, sig.rank)
+    if g is not None:
+        y = y * g
+    if b is not None:
+        y = y + b
+    ctx.set(out, Signal(roots, y, axes))
 
 
 def fixed(node, rule, ctx):

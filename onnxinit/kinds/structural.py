@@ -1,10 +1,10 @@
-"""Ops that move, mix or mask values: identity, reshape-like, concat, pad, dropout."""
+"""Ops that move, copy, mix or mask values: identity, reshape-like, expand/tile, concat, pad, dropout."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..signal import (GRID_BUDGET, MAX_ROOTS, Root, grid_size, Signal, Sites, collapse, constant_signal, edge_sites, gaussian, merge_axis,
-                      on_roots, union_roots, with_axes)
+from ..signal import (GRID_BUDGET, MAX_ROOTS, SITE_BUDGET, Root, Signal, Sites, collapse, constant_signal,
+                      edge_sites, gaussian, grid_size, merge_axis, on_roots, site_count, union_roots, with_axes)
 from .common import Unsupported, attributes
 
 EXPAND_LIMIT = 1 << 16   # sites a reshape may spell out one by one
@@ -13,6 +13,39 @@ EXPAND_LIMIT = 1 << 16   # sites a reshape may spell out one by one
 def identity(node, rule, ctx):
     x = node.input[0]
     ctx.set(node.output[0], ctx.signal(x))
+
+
+def broadcast(node, rule, ctx):
+    """Expand and Tile: copies of the input's elements, each with its site's law.
+
+    An axis whose elements are all alike (sites None: size 1 before Expand) stays one
+    class however far it is copied; Tile along an axis with sites repeats them, spelled
+    out. Expand to a higher rank puts the new axes in front. The copies are the same
+    values, not independent draws: a later sum over the copied positions (a conv, a
+    pool) would see them as independent.
+    """
+    x, out = node.input[0], node.output[0]
+    sig = ctx.signal(x)
+    rank = ctx.rank(out)
+    if rank is None or rank < sig.rank:
+        raise Unsupported("output rank unknown")
+    r = len(sig.roots)
+    values = sig.values.reshape(sig.grid_shape + (1,) * (rank - sig.rank) + sig.values.shape[r:])
+    axes = [None] * (rank - sig.rank) + list(sig.axes)
+    if node.op_type == "Tile":
+        repeats = ctx.value(node.input[1])
+        if repeats is None:
+            raise Unsupported("repeats unknown")
+        for a, (sites, times) in enumerate(zip(axes, np.asarray(repeats, np.int64).reshape(-1))):
+            if sites is None or times == 1:
+                continue
+            if site_count(axes) * int(times) > SITE_BUDGET:
+                raise Unsupported("too many sites to spell out")
+            if sites.size != sites.length:
+                values = np.take(values, sites.index_of(np.arange(sites.length)), axis=r + a)
+            values = np.concatenate([values] * int(times), axis=r + a)
+            axes[a] = Sites.full(sites.length * int(times))
+    ctx.set(out, Signal(sig.roots, values, tuple(axes)))
 
 
 def _pooled(ctx, sig: Signal, x, out, batch_first: bool = True):

@@ -53,3 +53,21 @@ def run_node(node: onnx.NodeProto, inputs: list, opsets: dict) -> list:
     evaluator = _evaluator(standalone.SerializeToString(), versions)
     feeds = {f"i{i}": np.asarray(a) for i, a in enumerate(inputs) if a is not None and node.input[i]}
     return evaluator.run(None, feeds)
+
+
+def too_large(node, values, limit: int) -> bool:
+    """Would an op that makes arrays from shape values (Range, ConstantOfShape, Expand, Tile) exceed limit?"""
+    try:
+        if node.op_type == "ConstantOfShape" and values and values[0] is not None:
+            return float(np.prod(np.asarray(values[0], np.float64))) > limit
+        if node.op_type == "Range" and len(values) == 3 and all(v is not None for v in values):
+            start, stop, step = (float(np.asarray(v).reshape(-1)[0]) for v in values)
+            return step == 0 or abs((stop - start) / step) > limit
+        if node.op_type == "Expand" and len(values) == 2 and all(v is not None for v in values):
+            shape = np.broadcast_shapes(np.shape(values[0]), tuple(int(d) for d in np.asarray(values[1]).reshape(-1)))
+            return float(np.prod(shape, dtype=np.float64)) > limit
+        if node.op_type == "Tile" and len(values) == 2 and all(v is not None for v in values):
+            return float(np.size(values[0])) * float(np.prod(np.asarray(values[1], np.float64))) > limit
+    except (ValueError, TypeError, OverflowError):
+        return True
+    return False

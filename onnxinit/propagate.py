@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from .batch_one import value_at_batch_one
 from .dims import PROBE_BATCH, SAME_SHAPE, fill_dims
 from .graph import FLOAT_TYPES, Graph
 from .kinds import KINDS
@@ -14,7 +15,7 @@ from .kinds.common import Unsupported, attributes, signal_inputs
 from .measure import index_range
 from .moments import Moments
 from .montecarlo import monte_carlo
-from .op_eval import run_node
+from .op_eval import run_node, too_large
 from .random_ops import as_signal, sample_random
 from .residual import weight_residual_sum
 from .signal import Signal, gaussian
@@ -142,24 +143,6 @@ SHAPE_DATA_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Div", "M
 SECOND_PROBE = 10007
 
 
-def _too_large(node, values, limit: int) -> bool:
-    """Would an op that makes arrays from shape values (Range, ConstantOfShape, Expand, Tile) exceed limit?"""
-    try:
-        if node.op_type == "ConstantOfShape" and values and values[0] is not None:
-            return float(np.prod(np.asarray(values[0], np.float64))) > limit
-        if node.op_type == "Range" and len(values) == 3 and all(v is not None for v in values):
-            start, stop, step = (float(np.asarray(v).reshape(-1)[0]) for v in values)
-            return step == 0 or abs((stop - start) / step) > limit
-        if node.op_type == "Expand" and len(values) == 2 and all(v is not None for v in values):
-            shape = np.broadcast_shapes(np.shape(values[0]), tuple(int(d) for d in np.asarray(values[1]).reshape(-1)))
-            return float(np.prod(shape, dtype=np.float64)) > limit
-        if node.op_type == "Tile" and len(values) == 2 and all(v is not None for v in values):
-            return float(np.size(values[0])) * float(np.prod(np.asarray(values[1], np.float64))) > limit
-    except (ValueError, TypeError, OverflowError):
-        return True
-    return False
-
-
 def _shape_data(node, ctx) -> None:
     """Shape arithmetic evaluated twice, with unknown batch dims set to two probe sizes.
 
@@ -196,7 +179,7 @@ def _shape_data(node, ctx) -> None:
         return
     if node.op_type == "Expand" and _expand_over_batch(node, runs, graph):
         return
-    if any(_too_large(node, runs[k], 4096) for k in (0, 1)):
+    if any(too_large(node, runs[k], 4096) for k in (0, 1)):
         return
     try:
         outputs = [run_node(node, runs[k], graph.opsets) for k in (0, 1)]
@@ -264,7 +247,7 @@ def _fold_constants(node, graph: Graph) -> None:
     if node.domain not in ("", "ai.onnx") or node.op_type in ("RandomNormal", "RandomUniform",
                                                               "RandomNormalLike", "RandomUniformLike"):
         return
-    if _too_large(node, values, FOLD_LIMIT):
+    if too_large(node, values, FOLD_LIMIT):
         return
     try:
         outputs = run_node(node, values, graph.opsets)
@@ -339,6 +322,7 @@ def _visit(node, ctx: Propagation, rules, residual: str) -> None:
         _fallback(node, ctx, "no rule for this op")
         return
     if rule.kind == "elementwise" and len([o for o in node.output if o]) == 1:
+        _masks_at_batch_one(node, ctx)
         fill_dims(node, ctx, elementwise=True)
     if residual == "weighted" and node.op_type in ("Add", "Sum") and node.domain in ("", "ai.onnx") \
             and len(signal_inputs(node, ctx)) >= 2:
@@ -354,6 +338,19 @@ def _visit(node, ctx: Propagation, rules, residual: str) -> None:
         _fallback(node, ctx, str(exc))
     except (ValueError, IndexError) as exc:   # shapes the rule did not foresee: never a crash
         _fallback(node, ctx, f"the {rule.kind} rule failed ({exc})")
+
+
+def _masks_at_batch_one(node, ctx: Propagation) -> None:
+    """Inputs built from the batch size (attention masks) and not yet known: their values at
+    batch 1, which broadcast over the batch (batch_one.py). Shape arithmetic that the probes
+    follow (graph.shape_values: Reshape targets) is left to them."""
+    graph = ctx.graph
+    for name in node.input:
+        if name and not ctx.is_signal(name) and name not in graph.shape_values and name not in ctx.probe_values \
+                and graph.constant_value(name) is None:
+            value = value_at_batch_one(name, graph, ctx.is_signal, FOLD_LIMIT)
+            if value is not None:
+                graph.set_value(name, value)
 
 
 def _mask_as_ones(name: str, graph: Graph) -> None:

@@ -5,7 +5,9 @@ the element roots, so for a window of n values (zero-padded taps excluded
 unless count_include_pad):
     average:  mean = sum m / n,  within = sum nu_e / n^2,  shared = (sum sqrt(nu_s))^2 / n^2
     maximum:  CDF of the max of n i.i.d. draws is F^n, evaluated on equal-mass
-              nodes interpolated from the element root's quadrature values.
+              nodes interpolated from the element root's quadrature values; where a
+              window's taps read sites with different laws (next to a border, on a small
+              map), the product of their CDFs on equal-mass atoms (mixed_max_stats).
 Global pooling leaves no positions: its output's variance is all shared.
 """
 from __future__ import annotations
@@ -21,6 +23,9 @@ from .common import attributes
 
 SORT_NODES = 1024   # equal-mass nodes for the order statistics of a non-monotone function
 MAX_NODES = 128     # nodes in the quantile space of the maximum
+ATOMS = 32
+CROWDING = 0.5
+CHUNK = 1 << 20     # atoms (columns x taps x atoms per tap) sorted at once
 
 
 @lru_cache(maxsize=None)
@@ -86,6 +91,107 @@ def max_stats(sig: Signal, flat_sites: np.ndarray, counts: np.ndarray, name: str
     return mean, var, shared
 
 
+def _element_grid(sig: Signal, name: str, positions: bool):
+    """(values (sample nodes, element nodes, sites), element nodes, sample weights): the signal
+    as a function of its one element root, per sample node (several element roots collapsed)."""
+    element = [i for i, r in enumerate(sig.roots) if r.kind == "element"]
+    if len(element) > 1:
+        sig = collapse(sig, name, positions)
+        element = [i for i, r in enumerate(sig.roots) if r.kind == "element"]
+    sample = [i for i in range(len(sig.roots)) if i not in element]
+    n_s = int(np.prod([len(sig.roots[i].nodes) for i in sample])) if sample else 1
+    w_s = np.ones(1)
+    for i in sample:
+        w_s = np.multiply.outer(w_s, sig.roots[i].weights)
+    r = len(sig.roots)
+    if not element:
+        return sig.values.reshape(n_s, 1, -1), None, w_s.reshape(-1)
+    z = sig.roots[element[0]].nodes
+    v = np.moveaxis(sig.values, sample + element, list(range(r)))
+    return v.reshape(n_s, len(z), -1), z, w_s.reshape(-1)
+
+
+@lru_cache(maxsize=None)
+def _tail_levels(q: int, taps: int):
+    """Cell boundaries b_k = (k/q)^(1/taps) and atom levels ((k + 1/2)/q)^(1/taps) in a tap's
+    quantile space: equal mass for the max of ``taps`` alike draws, so atoms crowd the upper tail
+    where the max lives; and the atoms' normal scores Phi^-1(level)."""
+    power = 1.0 / taps ** CROWDING
+    bounds = (np.arange(q + 1) / q) ** power
+    levels = ((np.arange(q) + 0.5) / q) ** power
+    nd = NormalDist()
+    return bounds, np.array([nd.inv_cdf(min(u, 1 - 1e-16)) for u in levels])
+
+
+def _atoms(v: np.ndarray, z, q: int, taps: int):
+    """Each site's law on q atoms: (atoms (sample nodes, q, sites), cell bounds (q + 1,)).
+
+    Atom k sits at quantile level u_k of g(Z), its cell covering [b_k, b_k+1) of the mass,
+    crowded towards the top where the max lives (_tail_levels) when g is monotone, equal-mass
+    and sorted otherwise. Without an element root each site is one atom."""
+    if z is None:
+        return v, np.array([0.0, 1.0])
+    steps = np.diff(v, axis=1)
+    tol = 1e-12 * (np.abs(v).max() + 1.0)
+    rising, falling = bool(np.all(steps >= -tol)), bool(np.all(steps <= tol))
+    if rising or falling:
+        bounds, scores = _tail_levels(q, taps)
+        return np.einsum("jk,sko->sjo", interpolation(z, scores if rising else -scores), v), bounds
+    atoms = np.sort(np.einsum("jk,sko->sjo", interpolation(z, _equal_mass(q)), v), axis=1)
+    return atoms, np.arange(q + 1) / q
+
+
+def _max_moments(atoms, bounds, tap_sites, valid):
+    """E[max], E[max^2] per (sample node, column): P(max <= y) = prod_t b(#{k : q_t[k] <= y})."""
+    n_s, q = atoms.shape[:2]
+    taps, cols = tap_sites.shape
+    with np.errstate(divide="ignore"):
+        step_table = np.log(bounds[1:]) - np.concatenate([[0.0], np.log(bounds[1:-1])])   # log b_k+1 / b_k
+    m1, m2 = np.empty((n_s, cols)), np.empty((n_s, cols))
+    step = max(1, CHUNK // (n_s * taps * q))
+    for start in range(0, cols, step):
+        part = slice(start, min(start + step, cols))
+        a = atoms[:, :, np.clip(tap_sites[:, part], 0, None)]                  # (s, q, T, k)
+        a = np.where(valid[None, None, :, part], a, -np.inf)
+        a = a.transpose(0, 3, 2, 1).reshape(n_s, -1, taps * q)                  # tap t: atoms t*q ...
+        order = np.argsort(a, axis=-1)
+        y = np.take_along_axis(a, order, axis=-1)
+        # the j-th atom in order is its tap's (k+1)-th: that tap's CDF goes from b_k to b_k+1
+        k = order % q
+        first = (k == 0).astype(np.int16)
+        missing = taps - np.cumsum(first, axis=-1, dtype=np.int16)   # taps with no atom below y yet
+        cdf = np.exp(np.cumsum(step_table[k], axis=-1))
+        cdf[missing > 0] = 0.0
+        mass = np.diff(cdf, axis=-1, prepend=0.0)
+        y[mass <= 0] = 0.0
+        my = mass * y
+        m1[:, part] = np.sum(my, axis=-1)
+        m2[:, part] = np.einsum("...j,...j->...", my, y)
+    return m1, m2
+
+
+def mixed_max_stats(sig: Signal, tap_sites: np.ndarray, valid: np.ndarray, name: str, positions: bool):
+    """(mean, var, shared) per column of the max over taps whose laws differ.
+
+    tap_sites (T, cols): flat site index each tap reads, valid (T, cols): inside the input.
+    Given the sample roots, tap t is g_t(Z_t) with independent Z_t. On q atoms per law (_atoms),
+        P(max <= y) = prod_t b(#{k : q_t[k] <= y}),
+    a step function whose jumps at the atoms give the moments; a tap outside the input (max
+    pooling pads with -inf) never wins. Atoms lose each cell's spread, an error about
+    proportional to 1/q, so the moments are extrapolated from q and q/2 atoms:
+        M = 2 M(q) - M(q/2)."""
+    v, z, w_s = _element_grid(sig, name, positions)
+    taps = tap_sites.shape[0]
+    m1, m2 = _max_moments(*_atoms(v, z, ATOMS, taps), tap_sites, valid)
+    if z is not None:
+        h1, h2 = _max_moments(*_atoms(v, z, ATOMS // 2, taps), tap_sites, valid)
+        m1, m2 = 2 * m1 - h1, 2 * m2 - h2
+    mean = w_s @ m1
+    var = np.maximum(w_s @ m2 - mean ** 2, 0.0)
+    shared = np.clip(w_s @ m1 ** 2 - mean ** 2, 0.0, var)
+    return mean, var, shared
+
+
 def _global(node, rule, ctx, sig, out):
     mean, var, shared = sig.stats()
     spatial = tuple(range(2, sig.rank))
@@ -139,11 +245,23 @@ def pool(node, rule, ctx):
     positions = ctx.has_positions(out)
     if rule.get("reduce") == "max":
         spatial_index = np.arange(int(np.prod(mean.shape[2:]))).reshape(mean.shape[2:])
-        gathered = win.gather(spatial_index[None].astype(np.float64), fill=-1.0)[0].reshape(taps, -1)
-        center = np.where(valid[taps // 2], gathered[taps // 2], gathered.max(axis=0)).astype(int)
-        flat = (np.arange(channels)[:, None] * spatial_index.size + center[None, :]).reshape(-1)
-        counts = np.tile(n_valid, channels).astype(np.float64)
-        m, v, s = max_stats(sig, flat, counts, f"{x}@{out}", positions)
+        gathered = win.gather(spatial_index[None].astype(np.float64), fill=-1.0)[0].reshape(taps, -1).astype(int)
+        first = gathered.max(axis=0)                        # the site of some valid tap
+        alike = np.all(~valid | (gathered == first), axis=0)
+        m, v, s = (np.empty((channels, first.size)) for _ in range(3))
+        base = np.arange(channels)[:, None] * spatial_index.size
+        if alike.any():
+            flat = (base + first[None, alike]).reshape(-1)
+            counts = np.tile(n_valid[alike], channels).astype(np.float64)
+            stats = max_stats(sig, flat, counts, f"{x}@{out}", positions)
+            for array, value in zip((m, v, s), stats):
+                array[:, alike] = value.reshape(channels, -1)
+        if not alike.all():
+            cols = (base[:, None, :] + gathered[None, :, ~alike]).transpose(1, 0, 2).reshape(taps, -1)
+            tap_valid = np.broadcast_to(valid[:, None, ~alike], (taps, channels, int((~alike).sum()))).reshape(taps, -1)
+            stats = mixed_max_stats(sig, cols, tap_valid, f"{x}@{out}", positions)
+            for array, value in zip((m, v, s), stats):
+                array[:, ~alike] = value.reshape(channels, -1)
         shape = (1, channels) + out_shape
         ctx.set(out, gaussian(out, m.reshape(shape), s.reshape(shape), (v - s).reshape(shape), axes, positions))
         return

@@ -293,13 +293,18 @@ def pool_positions(mean, shared, within, axes, site_weights):
     Used where spelling positions out would exceed SITE_BUDGET: per channel,
     mean = sum_p w_p m_p, within = sum_p w_p (nu_p + m_p^2) - mean^2 - shared.
     """
-    spatial = tuple(range(2, len(axes)))
+    return pool_sites(mean, shared, within, axes, site_weights, keep=(0, 1))
+
+
+def pool_sites(mean, shared, within, axes, site_weights, keep):
+    """Merge the sites of every axis not in ``keep`` into one class, as pool_positions does."""
+    pooled = tuple(a for a in range(len(axes)) if a not in keep)
     w = np.broadcast_to(site_weights, np.broadcast_shapes(np.shape(mean), np.shape(site_weights)))
-    w = w / w.sum(axis=spatial, keepdims=True)
-    m = (w * mean).sum(axis=spatial, keepdims=True)
-    s = (w * shared).sum(axis=spatial, keepdims=True)
-    second = (w * (shared + within + mean ** 2)).sum(axis=spatial, keepdims=True)
-    return m, s, np.maximum(second - m * m - s, 0.0), tuple(axes[:2]) + (None,) * len(spatial)
+    w = w / w.sum(axis=pooled, keepdims=True)
+    m = (w * mean).sum(axis=pooled, keepdims=True)
+    s = (w * shared).sum(axis=pooled, keepdims=True)
+    second = (w * (shared + within + mean ** 2)).sum(axis=pooled, keepdims=True)
+    return m, s, np.maximum(second - m * m - s, 0.0), tuple(a if i in keep else None for i, a in enumerate(axes))
 
 
 def site_count(axes) -> int:

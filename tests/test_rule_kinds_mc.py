@@ -366,3 +366,33 @@ def test_max_pool_over_taps_with_different_laws(kernel, strides, pads):
     nodes = [helper.make_node("Add", ["x", "bias"], ["b"]), helper.make_node("Relu", ["b"], ["r"]),
              helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=kernel, strides=strides, pads=pads)]
     check(chain(nodes, shape, [("bias", bias)]), shape)
+
+
+def _attention(use_einsum: bool, width=16):
+    """One attention head on (N, 6, width) tokens, its products spelled with Einsum or with MatMul."""
+    rng = np.random.default_rng(11)
+    weights = [(name, rng.normal(0, 1 / np.sqrt(width), (width, width))) for name in ("wq", "wk", "wv", "wo")]
+    nodes = [helper.make_node("MatMul", ["x", "wq"], ["q"]), helper.make_node("MatMul", ["x", "wk"], ["k"]),
+             helper.make_node("MatMul", ["x", "wv"], ["v"])]
+    if use_einsum:
+        nodes += [helper.make_node("Einsum", ["q", "k"], ["scores"], equation="bid,bjd->bij")]
+    else:
+        nodes += [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+                  helper.make_node("MatMul", ["q", "kt"], ["scores"])]
+    nodes += [helper.make_node("Mul", ["scores", "scale"], ["scaled"]), helper.make_node("Softmax", ["scaled"], ["p"])]
+    if use_einsum:
+        nodes += [helper.make_node("Einsum", ["p", "v"], ["mixed"], equation="bij,bjd->bid"),
+                  helper.make_node("Einsum", ["mixed", "wo"], ["y"], equation="...d,de->...e")]
+    else:
+        nodes += [helper.make_node("MatMul", ["p", "v"], ["mixed"]), helper.make_node("MatMul", ["mixed", "wo"], ["y"])]
+    return chain(nodes, (1, 6, width), weights + [("scale", np.float32(1 / np.sqrt(width)))])
+
+
+def test_einsum_products_follow_matmul_rules():
+    """Einsum spelling q.k^T, P @ V and a projection gets the moments of the same graph written
+    with Transpose and MatMul (the projection as a weighted layer), within 10% of ONNX Runtime."""
+    for mean, var in INPUT_MOMENTS[:2]:
+        with_einsum = predicted(onnx.shape_inference.infer_shapes(_attention(True)), mean, var)
+        with_matmul = predicted(onnx.shape_inference.infer_shapes(_attention(False)), mean, var)
+        assert abs(with_einsum.mean - with_matmul.mean) < 1e-9 and abs(with_einsum.var - with_matmul.var) < 1e-9
+    check(_attention(True), (1, 6, 16), cases=INPUT_MOMENTS[:2], tol=0.10)

@@ -3,6 +3,7 @@
 A kind reads its inputs' statistics from ``ctx`` and records its outputs'
 with ``ctx.set``. The rule table (rules/ops.toml) maps op types to kinds.
 """
+from .einsum import einsum
 from .elementwise import elementwise
 from .normalize import batchnorm, fixed, group_norm
 from .pooling import pool, reduce_positions
@@ -30,4 +31,5 @@ KINDS = {
     "softmax": softmax,
     "group_norm": group_norm,
     "broadcast": broadcast,
+    "einsum": einsum,
 }

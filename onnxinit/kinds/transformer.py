@@ -184,12 +184,16 @@ def matmul_product(node, ctx):
     """
     if rows_sum_to_one(node.input[0], ctx):
         return attention_mix(node, ctx)
-    a, b = ctx.moments[node.input[0]], ctx.moments[node.input[1]]
     dims = ctx.graph.static_dims(node.input[0])
     k = dims[-1] if dims and dims[-1] else None
     if k is None:
         raise Unsupported("unknown contraction length")
-    out = node.output[0]
+    product_of_independent(node.output[0], node.input[0], node.input[1], k, ctx)
+
+
+def product_of_independent(out: str, first: str, second: str, k: int, ctx):
+    """Sum over k products of independent factors (the moments of MatMul's rule above)."""
+    a, b = ctx.moments[first], ctx.moments[second]
     mean = k * a.mean * b.mean
     var = k * (a.second_moment * b.second_moment - (a.mean * b.mean) ** 2)
     rank = ctx.rank(out) or 2

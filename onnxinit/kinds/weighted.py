@@ -23,7 +23,8 @@ import numpy as np
 
 from ..layouts import Layout, conv_transpose_tap_fraction
 from ..moments import Moments
-from ..signal import SITE_BUDGET, Sites, element_cumulants, gaussian, pool_positions, site_count, with_element_shape
+from ..signal import (SITE_BUDGET, Sites, element_cumulants, gaussian, pool_positions, pool_sites, site_count,
+                      with_element_shape)
 from ..windows import window
 from .common import Unsupported, attributes
 from .transformer import matmul_product
@@ -391,6 +392,9 @@ def weighted(node, rule, ctx):
         axes = list(axes)
         axes[axis] = Sites.full(n_out) if n_out > 1 else None
         arrays = [np.moveaxis(a.reshape((n_out,) + tuple(rest_shape)), 0, axis) for a in (mean, shared, within)]
+        if site_count(axes) > SITE_BUDGET:   # (tokens x windows) x units: keep the units' sites only
+            w = np.expand_dims(np.reshape(site_weights, tuple(rest_shape)), axis)
+            *arrays, axes = pool_sites(*arrays, axes, w, keep=(0, axis))
         signal = gaussian(out, *arrays, axes, positions)
     else:
         w = site_weights / site_weights.sum()

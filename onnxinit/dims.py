@@ -125,6 +125,10 @@ def output_dims(node, ctx):
         return [list(dims)]
     if op == "Expand":
         return expand_dims(dims, _value(ctx, node.input[1]))
+    if op in WINDOW_OPS:
+        return window_dims(node, ctx, dims)
+    if op in ("GlobalAveragePool", "GlobalMaxPool"):
+        return [dims[:2] + [1] * (len(dims) - 2)]
     if op == "Tile":
         repeats = _value(ctx, node.input[1])
         if repeats is None or len(repeats) != len(dims) or (repeats < 0).any():
@@ -152,6 +156,43 @@ def output_dims(node, ctx):
             result.append(d)
         return result
     return None
+
+
+WINDOW_OPS = {"Conv", "MaxPool", "AveragePool", "LpPool"}
+
+
+def window_dims(node, ctx, dims):
+    """[dims] of a Conv or pooling output: per spatial axis, with k the kernel, s the stride,
+    d the dilation and pads p_b, p_e (auto_pad resolved as ONNX does),
+        out = floor_or_ceil((size + p_b + p_e - (k - 1) d - 1) / s) + 1."""
+    from .windows import pads_for
+    attrs = attributes(node)
+    n = len(dims) - 2
+    if n < 1 or any(d is None for d in dims[2:]):
+        return None
+    if node.op_type == "Conv":
+        weight = ctx.graph.static_dims(node.input[1])
+        if not weight or len(weight) != len(dims) or any(w is None for w in weight):
+            return None
+        channels, kernel = weight[0], list(attrs.get("kernel_shape", weight[2:]))
+    else:
+        channels, kernel = dims[1], list(attrs.get("kernel_shape", []))
+    strides = list(attrs.get("strides", [1] * n)) or [1] * n
+    dilations = list(attrs.get("dilations", [1] * n)) or [1] * n
+    if len(kernel) != n or len(strides) != n or len(dilations) != n:
+        return None
+    begins, ends = pads_for(attrs, dims[2:], kernel, strides, dilations)
+    ceil_mode = bool(attrs.get("ceil_mode", 0))
+    spatial = []
+    for size, k, st, d, pb, pe in zip(dims[2:], kernel, strides, dilations, begins, ends):
+        extent = size + pb + pe - (k - 1) * d - 1
+        if extent < 0:
+            return None
+        out = (-(-extent // st) if ceil_mode else extent // st) + 1
+        if ceil_mode and (out - 1) * st >= size + pb:   # the last window may not start in the padding
+            out -= 1
+        spatial.append(out)
+    return [[dims[0], channels] + spatial]
 
 
 def expand_dims(dims, shape):

@@ -315,7 +315,8 @@ def _visit(node, ctx: Propagation, rules, residual: str) -> None:
         if name and name in ctx.probe_values and not ctx.is_signal(name):
             as_signal(name, ctx)
     if node.op_type in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Split", "Gather", "Slice",
-                        "Pad", "MatMul", "Concat", "Expand", "Tile") or node.op_type in SAME_SHAPE:
+                        "Pad", "MatMul", "Concat", "Expand", "Tile", "Conv", "MaxPool", "AveragePool",
+                        "LpPool", "GlobalAveragePool", "GlobalMaxPool") or node.op_type in SAME_SHAPE:
         fill_dims(node, ctx)
     rule = rules.lookup(node)
     if rule is None:

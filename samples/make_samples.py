@@ -231,6 +231,41 @@ class DenseBlock(nn.Module):
         return x
 
 
+def channel_shuffle(x, groups=2):
+    n, c, h, w = x.size()
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2 unit: at stride 1 half the channels (chunk) go through 1x1 - depthwise 3x3 - 1x1
+    and rejoin the other half; at stride 2 both branches read the whole input. Then the
+    channels are shuffled (view, transpose, reshape, with targets computed from x.size())."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.stride, half = stride, cout // 2
+        if stride == 2:
+            self.left = nn.Sequential(nn.Conv2d(cin, cin, 3, 2, 1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                                      nn.Conv2d(cin, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU())
+        width = cin if stride == 2 else half
+        self.right = nn.Sequential(nn.Conv2d(width, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
+                                   nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False), nn.BatchNorm2d(half),
+                                   nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU())
+
+    def forward(self, x):
+        if self.stride == 1:
+            kept, moved = x.chunk(2, dim=1)
+            return channel_shuffle(torch.cat([kept, self.right(moved)], 1))
+        return channel_shuffle(torch.cat([self.left(x), self.right(x)], 1))
+
+
+def shuffle_net():
+    return nn.Sequential(nn.Conv2d(3, 24, 3, 2, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU(),
+                         ShuffleUnit(24, 48, 2), ShuffleUnit(48, 48, 1), ShuffleUnit(48, 96, 2),
+                         ShuffleUnit(96, 96, 1), nn.Conv2d(96, 128, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(128, 10)), (3, 32, 32)
+
+
 def with_weight_norm(model, legacy=False):
     """Every Conv2d and Linear reparametrized as w = g * v / ||v|| (PyTorch's weight_norm, dim=0);
     exported in training mode, the reparametrization stays in the graph."""
@@ -304,6 +339,8 @@ SAMPLES = {
     "convnext_tiny": (lambda: (ConvNeXtTiny(), (3, 32, 32)), False),
     "mbconv_se": (mbconv_net, False),
     "densenet_block": (densenet_block, False),
+    # channel split and shuffle with reshape targets computed from the batch (ShuffleNetV2, inference)
+    "shufflenet_units": (shuffle_net, False),
     # weight norm (Arpit et al.): exported in training mode so w = g * v / ||v|| stays in the graph
     "resnet20_wn": (lambda: (with_weight_norm(CifarResNet(n=3)), (3, 32, 32)), True),
     "resnet56_wn": (lambda: (with_weight_norm(CifarResNet(n=9)), (3, 32, 32)), True),

@@ -71,7 +71,8 @@ def test_pre_activation_bottleneck_projection_reads_the_preactivated_input():
 def test_never_crashes_and_feed_forward_graphs_have_no_block(path):
     s = structure(path)
     assert s.layers
-    if path.stem in ("mlp_relu_deep", "mlp_selu_dropout", "mlp_wn", "cnn_plain", "cnn_swish", "densenet_block"):
+    if path.stem in ("mlp_relu_deep", "mlp_selu_dropout", "mlp_wn", "cnn_plain", "cnn_swish", "densenet_block",
+                     "shufflenet_units"):
         assert not s.blocks and not s.stages
         assert all(layer.role == "feed-forward" for layer in s.layers)
 

@@ -15,7 +15,8 @@ import numpy as np
 from .kinds.common import Unsupported
 from .signal import EDGE, Sites, edge_sites
 
-MAX_EDGE = 32   # a window reaching further into the padding than this is refused
+MAX_EDGE = 32   # a window reaching further into the padding than this is refused (unless every
+                # output position fits in 2 * MAX_EDGE + 1 sites: then each is its own site)
 
 
 def _decode(v):
@@ -118,7 +119,7 @@ def window(attrs, kernel, in_sites, lengths, ceil_mode: bool = False, max_sites:
         # outputs o with o*s + (k-1)*d - pb >= size read past the end
         first_over = max(0, -(-(size + pb - (k - 1) * d) // s))
         n_end = max(0, out_len - first_over)
-        if max(first_full, n_end) > MAX_EDGE:
+        if max(first_full, n_end) > MAX_EDGE and out_len > 2 * MAX_EDGE + 1:
             raise Unsupported(f"padding of {max(pb, pe)} reaches too far into a {size}-long axis")
         if sites is None and first_full == 0 and n_end == 0:
             out_sites.append(None)

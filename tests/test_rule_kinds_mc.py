@@ -396,3 +396,14 @@ def test_einsum_products_follow_matmul_rules():
         with_matmul = predicted(onnx.shape_inference.infer_shapes(_attention(False)), mean, var)
         assert abs(with_einsum.mean - with_matmul.mean) < 1e-9 and abs(with_einsum.var - with_matmul.var) < 1e-9
     check(_attention(True), (1, 6, 16), cases=INPUT_MOMENTS[:2], tol=0.10)
+
+
+def test_conv_whose_padding_covers_a_short_axis():
+    """wav2vec2's positional conv (kernel 128, padding 64) on a short sequence: every output
+    position reads padding. The window was refused beyond 32 padded positions (Monte Carlo);
+    with at most 2 x 32 + 1 output positions each is its own site."""
+    shape = (1, 4, 12)
+    w = np.random.default_rng(2).normal(0.05, 0.2, (4, 4, 71))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[71], pads=[35, 35]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    check(chain(nodes, shape, [("w", w)]), shape)

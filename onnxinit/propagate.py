@@ -9,7 +9,7 @@ import onnx
 
 from .batch_one import value_at_batch_one
 from .dims import PROBE_BATCH, SAME_SHAPE, fill_dims
-from .graph import FLOAT_TYPES, Graph
+from .graph import CACHE_LIMIT, FLOAT_TYPES, Graph
 from .kinds import KINDS
 from .kinds.common import Unsupported, attributes, signal_inputs
 from .measure import index_range
@@ -165,6 +165,8 @@ def _shape_data(node, ctx) -> None:
             pair.append(value[attrs.get("start", 0):attrs.get("end", len(value))])
         _record_shape_data(graph, node.output[0], pair)
         return
+    if not any(n in graph.shape_values for n in node.input if n):
+        return
     runs = ([], [])
     for name in node.input:
         pair = graph.shape_values.get(name) if name else None
@@ -175,8 +177,6 @@ def _shape_data(node, ctx) -> None:
             pair = (value, value)
         for k in (0, 1):
             runs[k].append(None if pair is None else pair[k])
-    if not any(n in graph.shape_values for n in node.input if n):
-        return
     if node.op_type == "Expand" and _expand_over_batch(node, runs, graph):
         return
     if any(too_large(node, runs[k], 4096) for k in (0, 1)):
@@ -240,7 +240,12 @@ def _constant_lookup(node, ctx: Propagation) -> bool:
 
 
 def _fold_constants(node, graph: Graph) -> None:
-    """Evaluate a node whose inputs are all known constants, so later rules can read its value."""
+    """Evaluate a node whose inputs are all known constants, so later rules can read its value.
+    A weight too large to keep beside its TensorProto is not folded through (a weight view
+    reads it where a rule needs it): an ALBERT-xxlarge export re-read its 256 MB matrices
+    for every Identity of its shared layers."""
+    if any(n and _too_big_to_fold(n, graph) for n in node.input):
+        return
     values = [graph.constant_value(n) if n else None for n in node.input]
     if any(v is None for v, n in zip(values, node.input) if n):
         return
@@ -257,6 +262,13 @@ def _fold_constants(node, graph: Graph) -> None:
         value = np.asarray(value)
         if value.size <= FOLD_LIMIT:
             graph.set_value(name, value)
+
+
+def _too_big_to_fold(name: str, graph: Graph) -> bool:
+    known = graph.weight_shape(name) if name in graph.initializers or name in graph.constant_nodes else None
+    if known is None or known[1] is None:
+        return False
+    return int(np.prod(known[0], dtype=np.int64)) * known[1].itemsize > CACHE_LIMIT
 
 
 def _fallback(node, ctx: Propagation, reason: str) -> None:

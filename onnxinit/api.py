@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxInitError
-from .graph import Graph
+from .graph import Graph, symbolic_dim_names
 from .model_io import load_model, save_model
 from .moments import Moments
 from .propagate import propagate
@@ -69,10 +69,22 @@ def _as_model(model_or_path, lazy: bool = False) -> tuple[onnx.ModelProto, str]:
 TIED_PASSES = 3   # propagation passes at most when an embedding table is tied to a later layer
 
 
+def check_sizes(model, sizes) -> None:
+    """Every name in ``sizes`` is a symbolic dim (after the first axis) of a graph input, sized >= 1."""
+    names = symbolic_dim_names(model)
+    for name, size in (sizes or {}).items():
+        if name not in names:
+            known = ", ".join(sorted(names)) or "none"
+            raise OnnxInitError(f"--dim {name}: no graph input has a symbolic dim of that name after its "
+                                f"first axis (symbolic dims: {known})")
+        if int(size) < 1:
+            raise OnnxInitError(f"--dim {name}={size}: sizes must be at least 1")
+
+
 def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rules=(),
              input_mean: float = 0.0, input_var: float = 1.0, residual: str = "sum", progress=None,
              mode: str = "analytic", batch: int = 64, data=None, device: str = "auto",
-             return_report: bool = False, spill=None):
+             return_report: bool = False, spill=None, sizes: dict | None = None):
     """AutoInit a model: every weighted layer's output gets mean 0 and variance 1.
 
     ``residual="weighted"`` also rescales every residual sum to variance 1
@@ -83,6 +95,9 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
 
     Returns the new ``onnx.ModelProto`` (the input is never modified), or
     ``(model, Report)`` with ``return_report=True``.
+
+    ``sizes`` ({symbolic input dim name: size}) sets the sizes the analysis takes for dynamic
+    input dims after the first (default graph.SYMBOLIC_DIM), and the empirical mode feeds.
 
     ``spill`` (a ``model_io.Spill``, analytic mode, a path as input): external data stays on
     disk and new weights of 1 MB or more are written to the spill file, so a large model is
@@ -98,7 +113,8 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
     tied_scales = {}
     for _ in range(TIED_PASSES):
         model, source = _as_model(model_or_path, lazy=spill is not None)
-        graph = Graph(model)
+        check_sizes(model, sizes)
+        graph = Graph(model, sizes)
         graph.spill = spill
         if not any(graph.is_weight(t.name) for t in model.graph.initializer) and not graph.constant_nodes:
             raise OnnxInitError(f"{source}: the model has no float weights to initialize")
@@ -122,13 +138,13 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
     if mode == "empirical":
         from .empirical import calibrate
         calibration = calibrate(model, result.layers, batch=batch, data=data, input_mean=input_mean,
-                                input_var=input_var, device=device, seed=seed)
+                                input_var=input_var, device=device, seed=seed, sizes=sizes)
     record_provenance(model, {"command": "autoinit", "seed": str(seed), "distribution": distribution,
                               "residual": residual, "mode": mode})
     report = Report(
         command="autoinit", model=source, output=None, seed=seed,
         options={"distribution": distribution, "input_mean": input_mean, "input_var": input_var,
-                 "residual": residual, "mode": mode,
+                 "residual": residual, "mode": mode, "dims": dict(sizes or {}),
                  "rules": [str(r) for r in rules]},
         layers=result.layers, kinds_used=result.kinds_used, fallbacks=result.fallbacks,
         warnings=result.warnings, structural_changes=result.structural_changes,

@@ -19,6 +19,22 @@ def cli():
     """Re-initialize the weights of ONNX models so that they train well."""
 
 
+def _parse_dims(ctx, param, values) -> dict:
+    """--dim NAME=SIZE (repeatable) -> {name: size}."""
+    sizes = {}
+    for value in values:
+        name, _, size = value.partition("=")
+        if not name or not size.strip().isdigit() or int(size) < 1:
+            raise click.BadParameter(f"{value!r}: expected NAME=SIZE with a positive integer size")
+        sizes[name.strip()] = int(size)
+    return sizes
+
+
+_DIM_OPTION = click.option(
+    "--dim", "sizes", multiple=True, callback=_parse_dims, metavar="NAME=SIZE",
+    help="Size of a symbolic input dim after the first (a sequence length, a dynamic image size): "
+         "what the analysis takes and measuring feeds (default 16). Repeatable.")
+
 _OUTPUT_OPTIONS = [
     click.option("--external-data", is_flag=True, help="Write tensor payloads to OUTPUT.data beside the model."),
     click.option("--in-place", is_flag=True, help="Allow OUTPUT to be the input file."),
@@ -49,8 +65,9 @@ def _output_options(f):
               help="empirical: then rescale each weighted layer to E[y^2] = 1 as ONNX Runtime measures it.")
 @click.option("--batch", type=click.IntRange(1), default=64, show_default=True, help="Samples for --mode empirical.")
 @click.option("--data", type=click.Path(path_type=Path), help=".npz of inputs for --mode empirical.")
+@_DIM_OPTION
 @_output_options
-def autoinit(model, output, seed, distribution, rules, input_mean, input_var, residual, mode, batch, data,
+def autoinit(model, output, seed, distribution, rules, input_mean, input_var, residual, mode, batch, data, sizes,
              external_data, in_place, json_path, quiet, debug):
     """AutoInit MODEL: every weighted layer outputs mean 0, variance 1."""
     from .api import autoinit as run
@@ -60,7 +77,7 @@ def autoinit(model, output, seed, distribution, rules, input_mean, input_var, re
         with ProgressBar(enabled=not quiet) as progress, Spill(output.parent) as spill:
             new, report = run(model, seed=seed, distribution=distribution, rules=rules, input_mean=input_mean,
                               input_var=input_var, residual=residual, progress=progress, mode=mode, batch=batch,
-                              data=data, return_report=True, spill=spill)
+                              data=data, return_report=True, spill=spill, sizes=sizes)
             _write_results(new, report, output, external_data, json_path, quiet)
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - one line and exit 2 (130 on Ctrl-C)
         _fail(exc, debug)
@@ -391,6 +408,7 @@ def _common_signal_options(f):
         click.option("--batch", type=click.IntRange(1), default=16, show_default=True,
                      help="Samples of N(input-mean, input-var) when measuring without --data."),
         click.option("--data", type=click.Path(path_type=Path), help=".npz of input arrays, by input name."),
+        _DIM_OPTION,
         click.option("--min-var", type=float, default=0.1, show_default=True),
         click.option("--max-var", type=float, default=10.0, show_default=True),
         click.option("--rules", "rules", type=click.Path(path_type=Path), multiple=True),
@@ -415,14 +433,14 @@ def _common_signal_options(f):
               help="Flag a measured variance off the prediction by more than this factor.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Variance per layer as a PNG.")
 @click.option("--compare", type=click.Path(path_type=Path), multiple=True, help="Overlay other models in the plot.")
-def inspect(model, measure_signal, batch, data, min_var, max_var, rules, input_mean, input_var, device, json_path,
-            debug, all_tensors, rows, mismatch, plot_path, compare):
+def inspect(model, measure_signal, batch, data, sizes, min_var, max_var, rules, input_mean, input_var, device,
+            json_path, debug, all_tensors, rows, mismatch, plot_path, compare):
     """Per-layer signal statistics of MODEL: predicted, and measured with --measure."""
     from .inspect import inspect_model, table
     try:
         kwargs = dict(measure_signal=measure_signal, batch=batch, data=data, rules=rules, input_mean=input_mean,
                       input_var=input_var, all_tensors=all_tensors, min_var=min_var, max_var=max_var,
-                      mismatch=mismatch, device=device)
+                      mismatch=mismatch, device=device, sizes=sizes)
         _check_outputs([model, data, *compare], reports=[plot_path, json_path])
         result = inspect_model(model, **kwargs)
         others = [inspect_model(m, **kwargs) for m in compare]
@@ -441,15 +459,15 @@ def inspect(model, measure_signal, batch, data, min_var, max_var, rules, input_m
 @click.argument("model", type=click.Path(path_type=Path))
 @_common_signal_options
 @click.option("--verbose", is_flag=True, help="Print the summary even when every layer is in band.")
-def check(model, measure_signal, batch, data, min_var, max_var, rules, input_mean, input_var, device, json_path,
-          debug, verbose):
+def check(model, measure_signal, batch, data, sizes, min_var, max_var, rules, input_mean, input_var, device,
+          json_path, debug, verbose):
     """Exit 0 when every weighted layer's variance is in [--min-var, --max-var], 1 when not, 2 on bad input."""
     from .inspect import inspect_model
     try:
         _check_outputs([model, data], reports=[json_path])
         result = inspect_model(model, measure_signal=measure_signal, batch=batch, data=data, rules=rules,
                                input_mean=input_mean, input_var=input_var, min_var=min_var, max_var=max_var,
-                               command="check", device=device)
+                               command="check", device=device, sizes=sizes)
         offending = result.offending
         result.report.extra["check"] = {"passed": not offending, "offending": [r.node for r in offending]}
         if json_path:

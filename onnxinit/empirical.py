@@ -44,7 +44,7 @@ def _session(model: onnx.ModelProto, weights, outputs, device):
 
 
 def calibrate(model: onnx.ModelProto, layers, batch: int = 64, data=None, input_mean: float = 0.0,
-              input_var: float = 1.0, device: str = "auto", seed: int = 0) -> list:
+              input_var: float = 1.0, device: str = "auto", seed: int = 0, sizes: dict | None = None) -> list:
     """Rescale ``model``'s weighted layers in place; returns [(node, measured E[y^2] before, factor)]."""
     tensors = {t.name: t for t in model.graph.initializer}
     outputs = {n.name or n.output[0]: n.output[0] for n in model.graph.node}
@@ -57,7 +57,7 @@ def calibrate(model: onnx.ModelProto, layers, batch: int = 64, data=None, input_
     weights = {scaled[r.weight]: numpy_helper.to_array(tensors[scaled[r.weight]]).copy() for r in layers}
     names = [outputs[r.node] for r in layers]
     feeds = data_feeds(model, data) if data is not None else \
-        gaussian_feeds(model, batch, np.random.default_rng(seed), input_mean, input_var)
+        gaussian_feeds(model, batch, np.random.default_rng(seed), input_mean, input_var, sizes)
     try:
         session = _session(model, set(weights), names, device)
     except Exception as exc:  # noqa: BLE001 - ORT refuses the model

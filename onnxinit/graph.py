@@ -19,15 +19,17 @@ CACHE_LIMIT = 1 << 20  # weights above this many bytes are not kept as arrays be
 LIGHT_LIMIT = 1024  # initializers above this many elements are stubbed out for shape inference
 # A symbolic input dim after the first (a sequence length, a dynamic image size) is taken as
 # this size for the analysis, so attention and windows have static shapes; the model keeps
-# its symbolic dims. It is the size `inspect --measure` feeds by default (--batch 16).
+# its symbolic dims. It is the size `inspect --measure` feeds too; `--dim NAME=SIZE` sets
+# another per dim name (``sizes``).
 SYMBOLIC_DIM = 16
 
 
 class Graph:
     """Nodes in topological order plus lookups; never modifies the model."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, sizes: dict | None = None):
         self.model = model
+        self.sizes = dict(sizes or {})   # symbolic input dim name -> size for the analysis
         self.graph = model.graph
         self.opsets = {o.domain or "": o.version for o in model.opset_import}
         self.initializers = {t.name: t for t in self.graph.initializer}
@@ -78,7 +80,7 @@ class Graph:
     @cached_property
     def _value_infos(self):
         """name -> ValueInfoProto from shape inference on a copy without large payloads."""
-        light = _bound(_light_model(self.model))
+        light = _bound(_light_model(self.model), self.sizes)
         try:
             inferred = shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
         except Exception:  # noqa: BLE001 - inference is best effort; fall back to declared types
@@ -144,7 +146,7 @@ class Graph:
         """name -> dims that come out the same with every symbolic input dim set to 2 and to 3."""
         runs = []
         for probe in (2, 3):
-            light = _bound(_light_model(self.model))
+            light = _bound(_light_model(self.model), self.sizes)
             for vi in light.graph.input:
                 for d in vi.type.tensor_type.shape.dim:
                     if not d.HasField("dim_value"):
@@ -328,13 +330,25 @@ def model_shell(model: onnx.ModelProto, as_inputs) -> onnx.ModelProto:
     return light
 
 
-def _bound(light: onnx.ModelProto) -> onnx.ModelProto:
-    """``light`` (a copy) with every symbolic graph-input dim after the first set to SYMBOLIC_DIM."""
+def symbolic_size(dim, sizes: dict | None) -> int:
+    """The size taken for a symbolic input dim after the first: ``sizes[name]``, else SYMBOLIC_DIM."""
+    return int((sizes or {}).get(dim.dim_param, SYMBOLIC_DIM))
+
+
+def symbolic_dim_names(model: onnx.ModelProto) -> set:
+    """Names of the symbolic dims of the graph inputs (after the first axis)."""
+    return {d.dim_param for vi in model.graph.input for axis, d in enumerate(vi.type.tensor_type.shape.dim)
+            if axis > 0 and not d.HasField("dim_value") and d.dim_param}
+
+
+def _bound(light: onnx.ModelProto, sizes: dict | None = None) -> onnx.ModelProto:
+    """``light`` (a copy) with every symbolic graph-input dim after the first set to its size."""
     for vi in light.graph.input:
         for axis, d in enumerate(vi.type.tensor_type.shape.dim):
             if axis > 0 and not d.HasField("dim_value"):
+                size = symbolic_size(d, sizes)
                 d.Clear()
-                d.dim_value = SYMBOLIC_DIM
+                d.dim_value = size
     return light
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .api import _as_model
+from .api import _as_model, check_sizes
 from .errors import OnnxInitError
 from .graph import Graph
 from .moments import Moments
@@ -107,19 +107,21 @@ def _flag(rows, min_var: float, max_var: float, mismatch: float) -> None:
 def inspect_model(model_or_path, measure_signal: bool = False, batch: int = 16, data=None, rules=(),
                   input_mean: float = 0.0, input_var: float = 1.0, all_tensors: bool = False,
                   min_var: float = 0.1, max_var: float = 10.0, mismatch: float = 1.5, command: str = "inspect",
-                  device: str = "auto") -> Inspection:
-    """Propagate the model's current weights; with ``measure_signal``, also run it in ONNX Runtime."""
+                  device: str = "auto", sizes: dict | None = None) -> Inspection:
+    """Propagate the model's current weights; with ``measure_signal``, also run it in ONNX Runtime.
+    ``sizes``: {symbolic input dim name: size} for dynamic dims after the first (api.autoinit)."""
     start = time.perf_counter()
     if not (0 < min_var < max_var):
         raise OnnxInitError(f"need 0 < min-var < max-var (got {min_var}, {max_var})")
     model, source = _as_model(model_or_path)
-    graph = Graph(model)
+    check_sizes(model, sizes)
+    graph = Graph(model, sizes)
     ctx = propagate(graph, RuleTable(rules), Moments(input_mean, input_var))
     rows = _rows(graph, ctx, all_tensors)
     if measure_signal and rows:
         from .measure import data_feeds, gaussian_feeds, measure
         feeds = data_feeds(model, data) if data is not None else \
-            gaussian_feeds(model, batch, np.random.default_rng(0), input_mean, input_var)
+            gaussian_feeds(model, batch, np.random.default_rng(0), input_mean, input_var, sizes)
         measured = measure(model, [r.tensor for r in rows], feeds, model_path=source, device=device)
         for r in rows:
             r.measured = measured[r.tensor]
@@ -128,7 +130,7 @@ def inspect_model(model_or_path, measure_signal: bool = False, batch: int = 16, 
         command=command, model=source, output=None, seed=None,
         options={"measure": measure_signal, "batch": batch, "data": str(data) if data else None,
                  "input_mean": input_mean, "input_var": input_var, "min_var": min_var, "max_var": max_var,
-                 "all": all_tensors},
+                 "all": all_tensors, "dims": dict(sizes or {})},
         layers=ctx.layers, kinds_used=ctx.kinds_used, fallbacks=ctx.fallbacks, warnings=ctx.warnings,
         output_moments={o: ctx.moments[o] for o in graph.outputs if o in ctx.moments},
         seconds=time.perf_counter() - start)

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxInitError
+from .graph import symbolic_dim_names, symbolic_size
 
 
 def _runtime():
@@ -85,8 +86,10 @@ def index_range(model: onnx.ModelProto, name: str) -> int | None:
     return None
 
 
-def gaussian_feeds(model: onnx.ModelProto, batch: int, rng: np.random.Generator, mean=0.0, var=1.0):
-    """N(mean, var) for every float graph input; symbolic dims = ``batch``.
+def gaussian_feeds(model: onnx.ModelProto, batch: int, rng: np.random.Generator, mean=0.0, var=1.0,
+                   sizes: dict | None = None):
+    """N(mean, var) for every float graph input; a symbolic first dim = ``batch``, any other
+    symbolic dim the size the analysis takes (``sizes`` by name, else graph.SYMBOLIC_DIM).
 
     An integer input that indexes an embedding table gets uniform token ids; any other
     integer or bool input is taken for a mask and set to ones (nothing masked out), as
@@ -98,7 +101,8 @@ def gaussian_feeds(model: onnx.ModelProto, batch: int, rng: np.random.Generator,
         if vi.name in initializers:
             continue
         tt = vi.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else batch for d in tt.shape.dim]
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else
+                 batch if axis == 0 else symbolic_size(d, sizes) for axis, d in enumerate(tt.shape.dim)]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
         if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
             rows = index_range(model, vi.name)
@@ -217,7 +221,10 @@ def measure(model: onnx.ModelProto, names, feeds: dict, model_path=None, device:
     except OnnxInitError:
         raise
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime refuses the model or the data
-        raise OnnxInitError(f"ONNX Runtime could not run the model: {str(exc).splitlines()[0]}") from exc
+        dynamic = sorted(symbolic_dim_names(model))
+        hint = f" (dynamic dims {', '.join(dynamic)} were fed as sized by --dim NAME=SIZE, default 16)" \
+            if dynamic else ""
+        raise OnnxInitError(f"ONNX Runtime could not run the model: {str(exc).splitlines()[0]}{hint}") from exc
     return {n: _mean_var(v) for n, v in zip(names, values)}
 
 

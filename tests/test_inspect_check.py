@@ -114,3 +114,37 @@ def test_measure_feeds_weights_without_changing_the_model():
         whole = dict(zip(names, session.run(names, feeds)))
         for name in names:
             np.testing.assert_allclose(ours[name], _mean_var(whole[name]), rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def _audio_conv(path):
+    """A 1-D conv stack over a dynamic length "L" (raw audio): kernel 10 stride 5, then kernel 3
+    stride 2, so 16 samples (the default size of a dynamic dim) are too short to run it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 1, (8, 1, 10)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 1, (8, 8, 3)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], strides=[5]), helper.make_node("Relu", ["c1"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"], strides=[2])]
+    graph = helper.make_graph(nodes, "audio", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, "L"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_dim_sets_a_dynamic_length_for_analysis_and_measuring(tmp_path):
+    """--dim NAME=SIZE sizes a symbolic input dim: without it, measuring feeds 16 samples, ONNX
+    Runtime refuses, and the error says which dims to size; with it the model runs, is in band
+    and the JSON report records the size. A name no input has, or a bad size, exits 2."""
+    model, out, report = _audio_conv(tmp_path / "audio.onnx"), tmp_path / "out.onnx", tmp_path / "r.json"
+    r = run("inspect", model, "--measure")
+    assert r.returncode == 2 and "--dim" in r.stderr and "L" in r.stderr, r.stderr
+    assert run("autoinit", model, "-o", out, "--dim", "L=400", "-q").returncode == 0
+    r = run("check", out, "--measure", "--dim", "L=400", "--min-var", "0.8", "--max-var", "1.25", "--json", report)
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = json.loads(report.read_text())
+    jsonschema.validate(data, SCHEMA)
+    assert data["options"]["dims"] == {"L": 400}
+    r = run("inspect", out, "--dim", "T=4")
+    assert r.returncode == 2 and "symbolic dims: L" in r.stderr, r.stderr
+    assert run("inspect", out, "--dim", "L=0").returncode == 2

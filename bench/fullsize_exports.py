@@ -9,6 +9,11 @@ equal to the JSON report's coefficient, or the tensor unchanged).
 (b) ``onnxinit wninit`` on torchvision ResNet-18/50/152 exports: the residual stages it finds
 (expected 2,2,2,2 / 3,4,6,3 / 3,8,36,3 blocks).
 
+(c) ``autoinit`` (then ``inspect --measure`` on 8 rows) on any of them; a wider set for it alone:
+torchvision GoogLeNet, Inception-v3 (96x96), ShuffleNetV2 and MaxViT-T (224x224), a 4-layer
+transformers LLaMA (hidden 128) and wav2vec2-base (half a second of 16 kHz audio), e.g.
+``--models googlenet_eval,inception_v3_eval,shufflenet_v2_x1_0_eval,maxvit_t_eval,llama_eval,wav2vec2_eval``.
+
 All models are randomly initialized (weights=None / pretrained=False / BertConfig): nothing is
 downloaded but packages. Export needs torch + torchvision + timm + transformers, which the
 training environment (.venv-train, onnxruntime-training) cannot hold, so exports run in their
@@ -57,6 +62,11 @@ MODELS = {
     "vgg16": [("x", (3, 224, 224), "float32", None)],   # its adaptive pool to 7x7 needs >= 7x7 maps
     "coatnet_0": [("x", (3, 224, 224), "float32", None)],
     "gpt2": [("input_ids", (16,), "int64", 50257), ("attention_mask", (16,), "int64", None)],
+    # a wider set for autoinit only (inference exports, NAME_eval)
+    "googlenet": IMG64, "inception_v3": [("x", (3, 96, 96), "float32", None)], "shufflenet_v2_x1_0": IMG64,
+    "maxvit_t": [("x", (3, 224, 224), "float32", None)],
+    "llama": [("input_ids", (16,), "int64", 1000), ("attention_mask", (16,), "int64", None)],
+    "wav2vec2": [("x", (8000,), "float32", None)],
 }
 EXTERNAL_DATA = {"gpt2"}   # written with its weights in an external data file
 EVAL = "_eval"             # NAME_eval: the same model exported in inference mode (BN folded, no dropout)
@@ -117,7 +127,34 @@ def build(name: str):
             def forward(self, input_ids, attention_mask):
                 return self.bert(input_ids=input_ids, attention_mask=attention_mask)[0]
         return Bert()
+    if name == "llama":   # transformers 5: the causal mask is built from the batch size (Range(batch))
+        from transformers import LlamaConfig, LlamaForCausalLM
+        config = LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+
+        class Llama(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.llama = LlamaForCausalLM(config)
+
+            def forward(self, input_ids, attention_mask):
+                return self.llama(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return Llama()
+    if name == "wav2vec2":   # raw audio: conv feature extractor with GroupNorm, positional conv (kernel 128)
+        from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+        class Wav2Vec2(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.encoder = Wav2Vec2Model(Wav2Vec2Config())
+
+            def forward(self, x):
+                return self.encoder(x).last_hidden_state
+        return Wav2Vec2()
     import torchvision
+    if name in ("googlenet", "inception_v3"):
+        return getattr(torchvision.models, name)(weights=None, num_classes=NUM_CLASSES, aux_logits=False,
+                                                 init_weights=True)
     if name == "vit_b_16":
         return torchvision.models.vit_b_16(weights=None, num_classes=NUM_CLASSES, image_size=112)
     return getattr(torchvision.models, name)(weights=None, num_classes=NUM_CLASSES)

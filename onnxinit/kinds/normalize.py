@@ -163,7 +163,7 @@ def group_norm(node, rule, ctx):
     groups = int(attrs["num_groups"]) if node.op_type == "GroupNormalization" else channels or 1
     values, channel_sites = _per_group_normalized(sig, groups, float(attrs.get("epsilon", 1e-5)))
     normalized = Signal(sig.roots, values, (sig.axes[0], channel_sites) + sig.axes[2:])
-    items = [normalized]
+    factors = []
     for name in (scale, bias):
         value = ctx.value(name) if name else None
         if value is not None:
@@ -171,8 +171,14 @@ def group_norm(node, rule, ctx):
             if value.size == groups and channels and channels != groups:
                 value = np.repeat(value, channels // groups)     # GroupNormalization-18: per group
             value = value.reshape((1, -1) + (1,) * (sig.rank - 2))
-        items.append(value)
-    roots, (y, g, b), axes = align(items, sig.rank)
+        factors.append(value)
+    set_scaled(ctx, out, normalized, *factors)
+
+
+def set_scaled(ctx, out: str, normalized: Signal, gamma, beta) -> None:
+    """out = normalized * gamma + beta on one grid (gamma, beta: arrays broadcasting to the
+    tensor, or None)."""
+    roots, (y, g, b), axes = align([normalized, gamma, beta], normalized.rank)
     if g is not None:
         y = y * g
     if b is not None:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..signal import Signal, Sites, align, gaussian
+from ..signal import Signal, Sites, gaussian
 from .common import Unsupported, attributes, softmax_on_last_axis
+from .normalize import set_scaled
 
 
 def embedding(node, rule, ctx):
@@ -98,17 +99,9 @@ def layernorm(node, rule, ctx):
     std = np.sqrt(np.maximum(second - m * m, 0.0) + eps)
     r = len(sig.roots)
     values = (sig.values - m.reshape((1,) * r + m.shape)) / std.reshape((1,) * r + std.shape)
-    normalized_sig = Signal(sig.roots, values, sig.axes)
-    items = [normalized_sig]
-    for name in (scale, bias):
-        value = ctx.value(name) if name else None
-        items.append(np.asarray(value, np.float64) if value is not None else None)
-    roots, (y, g, b), axes = align(items, sig.rank)
-    if g is not None:
-        y = y * g
-    if b is not None:
-        y = y + b
-    ctx.set(out, Signal(roots, y, axes))
+    factors = [np.asarray(ctx.value(name), np.float64) if name and ctx.value(name) is not None else None
+               for name in (scale, bias)]
+    set_scaled(ctx, out, Signal(sig.roots, values, sig.axes), *factors)
 
 
 TRANSPARENT_TO_ROWS = {"Identity", "Cast", "Dropout"}

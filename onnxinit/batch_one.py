@@ -18,7 +18,7 @@ import numpy as np
 from .op_eval import run_node, too_large
 
 RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
-MAX_NODES = 400       # ancestors evaluated for one tensor at most
+MAX_NODES = 200       # ancestors evaluated for one tensor at most (each is two stack frames deep)
 
 
 def value_at_batch_one(name: str, graph, is_signal, limit: int):

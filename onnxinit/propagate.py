@@ -19,6 +19,7 @@ from .op_eval import run_node, too_large
 from .random_ops import as_signal, sample_random
 from .residual import weight_residual_sum
 from .signal import Signal, gaussian
+from .weightview import VIEW_OPS
 
 FOLD_LIMIT = 1 << 22  # constant subgraph outputs larger than this are not folded
 
@@ -241,10 +242,10 @@ def _constant_lookup(node, ctx: Propagation) -> bool:
 
 def _fold_constants(node, graph: Graph) -> None:
     """Evaluate a node whose inputs are all known constants, so later rules can read its value.
-    A weight too large to keep beside its TensorProto is not folded through (a weight view
-    reads it where a rule needs it): an ALBERT-xxlarge export re-read its 256 MB matrices
-    for every Identity of its shared layers."""
-    if any(n and _too_big_to_fold(n, graph) for n in node.input):
+    A weight too large to keep beside its TensorProto is not moved through Identity,
+    Transpose, Reshape and the like (its weight view reads it where a rule needs it): an
+    ALBERT-xxlarge export re-read its 256 MB matrices for every Identity of its shared layers."""
+    if node.op_type in VIEW_OPS and any(n and _too_big_to_fold(n, graph) for n in node.input):
         return
     values = [graph.constant_value(n) if n else None for n in node.input]
     if any(v is None for v, n in zip(values, node.input) if n):

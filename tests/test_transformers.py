@@ -188,3 +188,23 @@ def test_softmax_weighted_values_see_the_score_direction():
         y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
         predicted, measured = ctx.moments["y"].second_moment, float(np.mean(y.astype(np.float64) ** 2))
         assert abs(predicted / measured - 1) < 0.06, (seed, predicted, measured)
+
+
+def test_position_table_above_the_cache_limit_is_drawn_as_an_embedding():
+    """A 2 MB position table gathered at constant ids (GPT-2's wpe is 3 MB) is folded and drawn
+    like the token table; only moves through Identity / Transpose / Reshape skip folding large
+    weights (a weight view reads them)."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 1, (1000, 512)).astype(np.float32), "tok"),
+             numpy_helper.from_array(rng.normal(0, 1, (1024, 512)).astype(np.float32), "pos"),
+             numpy_helper.from_array(np.arange(16, dtype=np.int64), "ids16"),
+             numpy_helper.from_array(rng.normal(0, 1, (512, 512)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Gather", ["tok", "ids"], ["t"]), helper.make_node("Gather", ["pos", "ids16"], ["p"]),
+             helper.make_node("Add", ["t", "p"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    _, report = onnxinit.autoinit(model, return_report=True)
+    assert [e["table"] for e in report.extra["embeddings"]] == ["tok", "pos"]
+    assert not report.fallbacks and not report.warnings

@@ -7,7 +7,7 @@ unless count_include_pad):
     maximum:  CDF of the max of n i.i.d. draws is F^n, evaluated on equal-mass
               nodes interpolated from the element root's quadrature values; where a
               window's taps read sites with different laws (next to a border, on a small
-              map), the product of their CDFs on equal-mass atoms (mixed_max_stats).
+              map), the product of their CDFs on atoms of each law (mixed_max_stats).
 Global pooling leaves no positions: its output's variance is all shared.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ from .common import attributes
 
 SORT_NODES = 1024   # equal-mass nodes for the order statistics of a non-monotone function
 MAX_NODES = 128     # nodes in the quantile space of the maximum
-ATOMS = 32
-CROWDING = 0.5
+ATOMS = 32          # atoms per tap's law for the max of taps with different laws (and 16, to extrapolate)
+CROWDING = 0.5      # atoms equal-mass for the max of taps ** CROWDING alike draws: crowded toward the top
 CHUNK = 1 << 20     # atoms (columns x taps x atoms per tap) sorted at once
 
 

@@ -407,3 +407,20 @@ def test_conv_whose_padding_covers_a_short_axis():
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[71], pads=[35, 35]),
              helper.make_node("Relu", ["c"], ["y"])]
     check(chain(nodes, shape, [("w", w)]), shape)
+
+
+def test_group_norm_as_pytorch_exports_it():
+    """nn.GroupNorm below opset 18: Reshape to (N, groups, -1), InstanceNormalization with unit
+    scale, Reshape back to Shape(x), then the per-channel Mul and Add. The reshape merges
+    channels and positions into one Gaussian, which the rule normalizes with its pooled
+    statistics (the Monte Carlo fallback had drawn every position alike: variance 0)."""
+    shape = (1, 8, 6, 6)
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("Reshape", ["x", "target"], ["grouped"]),
+             helper.make_node("InstanceNormalization", ["grouped", "ones", "zeros"], ["normed"]),
+             helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Reshape", ["normed", "shape"], ["back"]),
+             helper.make_node("Mul", ["back", "gamma"], ["scaled"]), helper.make_node("Add", ["scaled", "beta"], ["b"]),
+             helper.make_node("Relu", ["b"], ["y"])]
+    inits = [("target", np.array([0, 4, -1], np.int64)), ("ones", np.ones(4)), ("zeros", np.zeros(4)),
+             ("gamma", rng.uniform(0.5, 1.5, (8, 1, 1))), ("beta", rng.normal(0, 0.5, (8, 1, 1)))]
+    check(chain(nodes, shape, inits), shape)

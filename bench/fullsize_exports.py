@@ -88,6 +88,20 @@ NUM_CLASSES = 10
 ROWS = 16
 
 
+def _TokenModel(model, pick, **options):
+    """A transformers model called with (input_ids, attention_mask), one tensor out (``pick``)."""
+    import torch
+
+    class TokenModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return pick(self.model(input_ids=input_ids, attention_mask=attention_mask, **options))
+    return TokenModel()
+
+
 def build(name: str):
     """The randomly initialized torch module for ``name`` (runs in the export environment)."""
     import torch
@@ -105,41 +119,17 @@ def build(name: str):
         from transformers import GPT2Config, GPT2LMHeadModel
         config = GPT2Config()
         config._attn_implementation = "eager"
-
-        class GPT2(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.gpt = GPT2LMHeadModel(config)
-
-            def forward(self, input_ids, attention_mask):
-                return self.gpt(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        return GPT2()
+        return _TokenModel(GPT2LMHeadModel(config), lambda out: out.logits, use_cache=False)
     if name == "bert":
         from transformers import BertConfig, BertForSequenceClassification
         config = BertConfig(num_labels=NUM_CLASSES, return_dict=False)
         config._attn_implementation = "eager"
-
-        class Bert(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.bert = BertForSequenceClassification(config)
-
-            def forward(self, input_ids, attention_mask):
-                return self.bert(input_ids=input_ids, attention_mask=attention_mask)[0]
-        return Bert()
+        return _TokenModel(BertForSequenceClassification(config), lambda out: out[0])
     if name == "llama":   # transformers 5: the causal mask is built from the batch size (Range(batch))
         from transformers import LlamaConfig, LlamaForCausalLM
         config = LlamaConfig(vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-
-        class Llama(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.llama = LlamaForCausalLM(config)
-
-            def forward(self, input_ids, attention_mask):
-                return self.llama(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        return Llama()
+        return _TokenModel(LlamaForCausalLM(config), lambda out: out.logits, use_cache=False)
     if name == "wav2vec2":   # raw audio: conv feature extractor with GroupNorm, positional conv (kernel 128)
         from transformers import Wav2Vec2Config, Wav2Vec2Model
 

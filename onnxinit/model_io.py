@@ -12,6 +12,7 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from .errors import OnnxInitError
+from .proto_stream import write_model
 from .validate import check_model, tensor_bytes
 
 TWO_GB = 2**31
@@ -303,7 +304,8 @@ def save_model(model: onnx.ModelProto, output, external_data: bool | None = None
     with _temp_in(folder, ".onnx") as tmp_model:
         if not external_data:
             _inline_deferred(model)
-            tmp_model.write_bytes(model.SerializeToString())
+            with open(tmp_model, "wb") as out:
+                write_model(model, out)
             publish(tmp_model, output)
             return [output]
         location = data_file_name(output)

@@ -257,11 +257,15 @@ def pool(node, rule, ctx):
             for array, value in zip((m, v, s), stats):
                 array[:, alike] = value.reshape(channels, -1)
         if not alike.all():
-            cols = (base[:, None, :] + gathered[None, :, ~alike]).transpose(1, 0, 2).reshape(taps, -1)
-            tap_valid = np.broadcast_to(valid[:, None, ~alike], (taps, channels, int((~alike).sum()))).reshape(taps, -1)
+            # the max depends on the multiset of sites a window reads, not on their order: windows
+            # reading the same sites (taps outside the input as -1, which never win) share one result
+            read = np.sort(np.where(valid[:, ~alike], gathered[:, ~alike], -1), axis=0)
+            kinds, which = np.unique(read, axis=1, return_inverse=True)
+            cols = (base[:, None, :] + np.maximum(kinds, 0)[None]).transpose(1, 0, 2).reshape(taps, -1)
+            tap_valid = np.broadcast_to((kinds >= 0)[:, None], (taps, channels, kinds.shape[1])).reshape(taps, -1)
             stats = mixed_max_stats(sig, cols, tap_valid, f"{x}@{out}", positions)
             for array, value in zip((m, v, s), stats):
-                array[:, ~alike] = value.reshape(channels, -1)
+                array[:, ~alike] = value.reshape(channels, -1)[:, which.reshape(-1)]
         shape = (1, channels) + out_shape
         ctx.set(out, gaussian(out, m.reshape(shape), s.reshape(shape), (v - s).reshape(shape), axes, positions))
         return

@@ -14,7 +14,9 @@ from .moments import Moments
 from .propagate import propagate
 from .report import Report
 from .rules import RuleTable
-from .schemes.autoinit import AutoInit
+from .kinds.common import attributes
+from .kinds.weighted import weight_layout
+from .schemes.autoinit import AutoInit, sample_shape
 
 __all__ = ["autoinit", "load_model", "save_model"]
 
@@ -41,7 +43,8 @@ def single_threaded_blas():
 
 
 def planned_weights(graph: Graph, table: RuleTable) -> list:
-    """(weight name, element count) of the weighted layers, in the order propagation visits them."""
+    """(weight name, sample shape (groups, units per group, fan-in)) of the weighted layers, in
+    the order propagation visits them."""
     planned = []
     for node in graph.nodes:
         rule = table.lookup(node)
@@ -50,8 +53,15 @@ def planned_weights(graph: Graph, table: RuleTable) -> list:
         spec = rule.get("weight", 1)
         candidates = range(len(node.input)) if spec == "any" else [int(spec)]
         for i in candidates:
-            if i < len(node.input) and node.input[i] in graph.initializers and graph.is_weight(node.input[i]):
-                planned.append((node.input[i], int(np.prod(graph.initializers[node.input[i]].dims, dtype=np.int64))))
+            name = node.input[i] if i < len(node.input) else ""
+            if name in graph.initializers and graph.is_weight(name):
+                dims = tuple(graph.initializers[name].dims)
+                try:
+                    shape = sample_shape(weight_layout(node, rule, dims, i, attributes(node)))
+                except (IndexError, ValueError, ZeroDivisionError):
+                    break   # the weighted kind will say why it does not fit
+                if int(np.prod(shape, dtype=np.int64)) == int(np.prod(dims, dtype=np.int64)):
+                    planned.append((name, shape))
                 break
     return planned
 

@@ -121,13 +121,22 @@ class Signal:
     def values(self) -> np.ndarray:
         if self._values is None:
             mean, coefs = self.linear
-            values = np.asarray(mean, np.float64)
             n = len(self.roots)
+            shape = tuple(len(r.nodes) for r in self.roots) + tuple(1 if a is None else a.size for a in self.axes)
+            values = np.empty(shape)   # built in place: the grid is the largest array of a step
             for i, (root, coef) in enumerate(zip(self.roots, coefs)):
                 z = root.nodes.reshape([len(root.nodes) if j == i else 1 for j in range(n)] + [1] * len(self.axes))
-                values = values + z * coef
-            shape = tuple(len(r.nodes) for r in self.roots) + tuple(1 if a is None else a.size for a in self.axes)
-            self._values = np.ascontiguousarray(np.broadcast_to(values, shape), dtype=np.float64)
+                coef = np.asarray(coef, np.float64)
+                if i:
+                    values += z * coef
+                elif np.broadcast_shapes(z.shape, coef.shape) == shape:
+                    np.multiply(z, coef, out=values)
+                else:
+                    values[...] = z * coef
+            if n == 0:
+                values[...] = 0.0
+            values += mean
+            self._values = values
         return self._values
 
     @property
@@ -172,19 +181,9 @@ def _grid_weights(roots) -> np.ndarray:
     return w
 
 
-def _weighted_squares(wf: np.ndarray, flat: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """wf @ flat**2, column block by column block: the squares of a block stay in cache
-    (about twice as fast as squaring the whole grid at once on the large residual grids)."""
-    if flat.shape[1] <= chunk:
-        return wf @ (flat * flat)
-    out = np.empty(flat.shape[1])
-    buffer = np.empty((flat.shape[0], chunk))
-    for start in range(0, flat.shape[1], chunk):
-        part = flat[:, start:start + chunk]
-        squares = buffer[:, :part.shape[1]]
-        np.multiply(part, part, out=squares)
-        out[start:start + chunk] = wf @ squares
-    return out
+def _weighted_squares(wf: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """sum_i wf[i] flat[i, j]^2 per column j, in one pass without a squared copy of the grid."""
+    return np.einsum("i,ij,ij->j", wf, flat, flat)
 
 
 def _site_stats(sig: Signal):

@@ -152,7 +152,9 @@ def _shape_and_dtype(weight: str, ctx) -> tuple:
     return current.shape, current.dtype
 
 
-def _layout(node, rule, weight_shape, weight_index, attrs) -> Layout:
+def weight_layout(node, rule, weight_shape, weight_index, attrs) -> Layout:
+    """How the weight input of ``node`` (at ``weight_index``, shaped ``weight_shape``) maps to
+    canonical (out, fan, taps) weights under ``rule``."""
     kind = rule.get("fan_in")
     group_attr = rule.get("group_attr")
     groups = int(attrs.get(group_attr, 1)) if group_attr else 1
@@ -344,7 +346,7 @@ def weighted(node, rule, ctx):
     bias = node.input[bias_index] if bias_index is not None and len(node.input) > bias_index else None
     bias = bias if bias and ctx.graph.is_constant(bias) else None
     shape, dtype = _shape_and_dtype(weight, ctx)
-    layout = _layout(node, rule, shape, w_index, attrs)
+    layout = weight_layout(node, rule, shape, w_index, attrs)
     try:
         fits = int(np.prod(layout.canonical_shape, dtype=np.int64)) == int(np.prod(shape, dtype=np.int64))
     except (IndexError, ValueError):

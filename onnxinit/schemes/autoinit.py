@@ -36,14 +36,20 @@ def unit_samples(seed: int, name: str, distribution: str, shape) -> np.ndarray:
     return SAMPLERS[distribution](tensor_rng(seed, name), shape)
 
 
-def center(layout, distribution: str, samples: np.ndarray) -> np.ndarray:
-    """Canonical (out, in, taps) samples, centered across the output units of each group."""
-    out, fan, taps = layout.canonical_shape
-    groups = layout.group_count
-    w = samples.reshape(groups, out // groups, fan * taps)
+def centered_samples(seed: int, name: str, distribution: str, shape) -> np.ndarray:
+    """Unit samples for tensor ``name`` shaped (groups, units per group, fan-in), centered across
+    the units of each group (every input/tap column sums to 0); orthogonal draws are not centered."""
+    w = unit_samples(seed, name, distribution, shape)
     if distribution != "orthogonal" and w.shape[1] > 1:
         w -= w.mean(axis=1, keepdims=True)
-    return w.reshape(out, fan, taps)
+    return w
+
+
+def sample_shape(layout) -> tuple:
+    """(groups, units per group, fan-in) of a layout's canonical weights."""
+    out, fan, taps = layout.canonical_shape
+    groups = layout.group_count
+    return groups, out // groups, fan * taps
 
 
 def project_out_mean(c: np.ndarray, layout, direction: np.ndarray) -> None:
@@ -73,7 +79,8 @@ class AutoInit:
     """The scheme object the weighted and batchnorm kinds call while propagating."""
 
     def __init__(self, graph, seed: int = 0, distribution: str = "truncated", planned=(), tied_scales=None):
-        """``planned``: [(weight name, size)] in visit order, drawn ahead on a second thread.
+        """``planned``: [(weight name, sample_shape)] in visit order, drawn and centered ahead on a
+        second thread.
 
         ``tied_scales``: {embedding table: scale} for tables that a later weighted layer
         reuses (a tied output head); the table is drawn with second moment scale^2 so the
@@ -89,20 +96,20 @@ class AutoInit:
         self.tied_scales = dict(tied_scales or {})
         self.tied_factors: dict[str, float] = {}
         self._embedded: set[str] = set()      # tables drawn by draw_embedding
-        flat = distribution != "orthogonal"
-        self._prefetch = Prefetcher(list(planned) if flat else [],
-                                    lambda name, size: unit_samples(seed, name, distribution, (size,)))
+        self._prefetch = Prefetcher(list(planned) if distribution != "orthogonal" else [],
+                                    lambda name, shape: centered_samples(seed, name, distribution, shape))
 
     def close(self) -> None:
         self._prefetch.close()
 
     def _samples(self, layer) -> np.ndarray:
-        out, fan, taps = layer.layout.canonical_shape
-        groups = layer.layout.group_count
-        shape = (groups, out // groups, fan * taps)
+        """Centered unit samples in the layer's canonical (out, fan, taps) shape."""
+        shape = sample_shape(layer.layout)
         if self.distribution == "orthogonal":
-            return unit_samples(self.seed, layer.weight, self.distribution, shape)
-        return self._prefetch.take(layer.weight, out * fan * taps)
+            samples = centered_samples(self.seed, layer.weight, self.distribution, shape)
+        else:
+            samples = self._prefetch.take(layer.weight, shape)
+        return samples.reshape(layer.layout.canonical_shape)
 
     def _store(self, name: str, value: np.ndarray) -> None:
         self.new_values.update([name] + self.graph.payload_names(name))
@@ -126,7 +133,7 @@ class AutoInit:
                      "weights drawn for E[x^2] = 1")
             second = 1.0
         target = 1.0 / (layer.layout.fan_in * second)
-        c = center(layer.layout, self.distribution, self._samples(layer))
+        c = self._samples(layer)
         if self.distribution != "orthogonal" and c.shape[0] == layer.layout.group_count:
             project_out_mean(c, layer.layout, layer.mean_direction())
         realized = layer.realized_second_moment(c)

@@ -38,7 +38,8 @@ _DIM_OPTION = click.option(
 _OUTPUT_OPTIONS = [
     click.option("--external-data", is_flag=True, help="Write tensor payloads to OUTPUT.data beside the model."),
     click.option("--in-place", is_flag=True, help="Allow OUTPUT to be the input file."),
-    click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON."),
+    click.option("--json", "json_path", type=click.Path(path_type=Path),
+                 help="Write the report as JSON (docs/report-schema.json); - for standard output."),
     click.option("-q", "--quiet", is_flag=True, help="No summary."),
     click.option("--debug", is_flag=True, help="Show tracebacks."),
 ]
@@ -71,10 +72,10 @@ def autoinit(model, output, seed, distribution, rules, input_mean, input_var, re
              external_data, in_place, json_path, quiet, debug):
     """AutoInit MODEL: every weighted layer outputs mean 0, variance 1."""
     from .api import autoinit as run
-    from .model_io import Spill
+    from .model_io import spill_for
     try:
         _check_outputs([model, data], output, in_place, [json_path])
-        with ProgressBar(enabled=not quiet) as progress, Spill(output.parent) as spill:
+        with ProgressBar(enabled=not quiet) as progress, spill_for(output) as spill:
             new, report = run(model, seed=seed, distribution=distribution, rules=rules, input_mean=input_mean,
                               input_var=input_var, residual=residual, progress=progress, mode=mode, batch=batch,
                               data=data, return_report=True, spill=spill, sizes=sizes)
@@ -89,6 +90,11 @@ def _refuse_overwrite(model: Path, output: Path, in_place: bool) -> None:
 
 
 def _check_output_folder(output: Path) -> None:
+    from .model_io import is_stream
+    if str(output) == "-" or is_stream(output):
+        if str(output) != "-" and not os.access(output, os.W_OK):
+            raise OnnxInitError(f"{output}: not writable")
+        return
     folder = output.parent
     if not folder.is_dir():
         raise OnnxInitError(f"{output}: output folder {folder} does not exist")
@@ -135,7 +141,7 @@ def _write_results(new, report, output: Path, external_data: bool, json_path, qu
     if json_path:
         save_text(json_path, report.to_json())
     if not quiet:
-        click.echo(report.summary())
+        click.echo(report.summary(), err=_json_on_stdout(json_path))
 
 
 
@@ -224,7 +230,8 @@ def lsuv(model, output, data, inputs, batch, tol, max_iters, seed, rules, device
 @click.option("--test-fraction", type=float, default=0.2, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Loss curves as a PNG.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Every run's losses and accuracy.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="Every run's losses and accuracy; - for standard output.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compare(models, data, labels, inputs, output_name, steps, batch, lr, optimizer, seeds, loss, test_fraction,
             device, plot_path, json_path, debug):
@@ -240,10 +247,10 @@ def compare(models, data, labels, inputs, output_name, steps, batch, lr, optimiz
                           labels=labels, input_map=input_map or None, output_name=output_name, loss=loss,
                           test_fraction=test_fraction, device=device,
                           progress=lambda *args: bar.update(1))
-        click.echo(table(results, steps))
+        click.echo(table(results, steps), err=_json_on_stdout(json_path))
         if plot_path:
             plot(results, plot_path)
-            click.echo(f"plot written to {plot_path}")
+            click.echo(f"plot written to {plot_path}", err=_json_on_stdout(json_path))
         if json_path:
             report = {"schema": "onnxinit-compare", "schema_version": 1,
                       "options": {"steps": steps, "batch": batch, "lr": lr, "optimizer": optimizer, "seeds": seeds,
@@ -275,7 +282,7 @@ def wninit(model, output, seed, direction, explain, rules, external_data, in_pla
         if json_path:
             save_text(json_path, result.to_json())
         if not quiet:
-            click.echo(describe(result, explain=explain))
+            click.echo(describe(result, explain=explain), err=_json_on_stdout(json_path))
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - one line and exit 2 (130 on Ctrl-C)
         _fail(exc, debug)
 
@@ -353,7 +360,7 @@ def nio(model, output, data, inputs, labels, output_name, iters, batch, subbatch
                         "output": str(output), **report}
             save_text(json_path, json.dumps(document, indent=2, default=float))
         if not quiet:
-            click.echo(nio_summary(model, output, report))
+            click.echo(nio_summary(model, output, report), err=_json_on_stdout(json_path))
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - one line and exit 2 (130 on Ctrl-C)
         _fail(exc, debug)
 
@@ -416,7 +423,7 @@ def _common_signal_options(f):
         click.option("--input-var", type=float, default=1.0, show_default=True),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--json", "json_path", type=click.Path(path_type=Path),
-                     help="Write the report as JSON (docs/report-schema.json)."),
+                     help="Write the report as JSON (docs/report-schema.json); - for standard output."),
         click.option("--debug", is_flag=True, help="Show tracebacks."),
     ]):
         f = option(f)
@@ -444,11 +451,11 @@ def inspect(model, measure_signal, batch, data, sizes, min_var, max_var, rules, 
         _check_outputs([model, data, *compare], reports=[plot_path, json_path])
         result = inspect_model(model, **kwargs)
         others = [inspect_model(m, **kwargs) for m in compare]
-        click.echo(table(result, limit=rows or None))
+        click.echo(table(result, limit=rows or None), err=_json_on_stdout(json_path))
         if plot_path:
             from .plot import plot_variance
             plot_variance([result] + others, [model.name] + [m.name for m in compare], plot_path)
-            click.echo(f"plot written to {plot_path}")
+            click.echo(f"plot written to {plot_path}", err=_json_on_stdout(json_path))
         if json_path:
             save_text(json_path, result.report.to_json())
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - one line and exit 2 (130 on Ctrl-C)
@@ -476,15 +483,16 @@ def check(model, measure_signal, batch, data, sizes, min_var, max_var, rules, in
         _fail(exc, debug)
     s = result.summary_dict()
     kind = "measured" if measure_signal else "predicted"
+    err = _json_on_stdout(json_path)
     if offending:
         click.echo(f"check failed: {len(offending)} of {s['weighted_layers']} weighted layers have a {kind} "
-                   f"variance outside [{min_var:g}, {max_var:g}]")
+                   f"variance outside [{min_var:g}, {max_var:g}]", err=err)
         for r in offending:
-            click.echo(f"  {r.node} ({r.op_type}): variance {r.variance:.4g}")
+            click.echo(f"  {r.node} ({r.op_type}): variance {r.variance:.4g}", err=err)
         sys.exit(1)
     if verbose:
         click.echo(f"check passed: {s['weighted_layers']} weighted layers, {kind} variance in "
-                   f"[{min_var:g}, {max_var:g}]")
+                   f"[{min_var:g}, {max_var:g}]", err=err)
 
 
 class ProgressBar:
@@ -513,14 +521,19 @@ class ProgressBar:
         return False
 
 
+def _json_on_stdout(json_path) -> bool:
+    """--json - puts the report on standard output; the human-readable lines then go to stderr."""
+    return json_path is not None and str(json_path) == "-"
+
+
 def save_text(path: Path, text: str) -> None:
-    import os
-    import tempfile
-    fd, tmp = tempfile.mkstemp(prefix=".onnxinit-", dir=path.parent if str(path.parent) else ".")
-    with os.fdopen(fd, "w") as f:
+    """``text`` to ``path`` atomically; "-" is standard output."""
+    if str(path) == "-":
+        click.echo(text)
+        return
+    from .model_io import atomic_output
+    with atomic_output(path, mode="w") as f:
         f.write(text)
-    from .model_io import publish
-    publish(tmp, path)
 
 
 class Terminated(KeyboardInterrupt):

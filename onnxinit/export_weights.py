@@ -31,7 +31,7 @@ from onnx import numpy_helper
 
 from .errors import OnnxInitError
 from .graph import FLOAT_TYPES, Graph
-from .model_io import _temp_in, publish
+from .model_io import atomic_output
 
 PARAMETER_NAME = re.compile(r"^\w+(\.\w+)*$")
 SAFETENSORS_DTYPES = {onnx.TensorProto.FLOAT: "F32", onnx.TensorProto.FLOAT16: "F16",
@@ -155,12 +155,10 @@ def export_weights(model: onnx.ModelProto, output, names: str = "onnx") -> list[
         data, shape = _tensor_bytes(tensors[e.onnx_name], e.transpose and by_source)
         items[e.source_name if by_source else e.onnx_name] = (tensors[e.onnx_name].data_type, shape, data)
     mapping = json.dumps([e.as_dict() for e in entries])
-    with _temp_in(output.parent, suffix) as tmp:
-        with open(tmp, "wb") as f:
-            if suffix == ".safetensors":
-                f.write(_safetensors({k: (SAFETENSORS_DTYPES[t], s, d) for k, (t, s, d) in items.items()},
-                                     {"format": "pt", "onnxinit.names": names, "onnxinit.mapping": mapping}))
-            else:
-                np.savez(f, __mapping__=np.array(mapping), **{k: _npz_array(*item) for k, item in items.items()})
-        publish(tmp, output)
+    with atomic_output(output, suffix) as f:
+        if suffix == ".safetensors":
+            f.write(_safetensors({k: (SAFETENSORS_DTYPES[t], s, d) for k, (t, s, d) in items.items()},
+                                 {"format": "pt", "onnxinit.names": names, "onnxinit.mapping": mapping}))
+        else:
+            np.savez(f, __mapping__=np.array(mapping), **{k: _npz_array(*item) for k, item in items.items()})
     return entries

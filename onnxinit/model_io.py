@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from itertools import chain
 from pathlib import Path
 
@@ -182,6 +183,11 @@ class Spill:
         return False
 
 
+def spill_for(output: Path):
+    """A Spill beside ``output``, or none (a context giving None) when ``output`` is a stream."""
+    return nullcontext() if is_stream(output) else Spill(output.parent if str(output.parent) else Path("."))
+
+
 def payload_bytes(model: onnx.ModelProto) -> int:
     """Bytes held in tensor payloads, deferred ones included (what decides the 2 GB protobuf limit)."""
     total = 0
@@ -205,6 +211,33 @@ def publish(tmp, destination) -> None:
     os.umask(mask)
     os.chmod(tmp, 0o666 & ~mask)
     os.replace(tmp, destination)
+
+
+def is_stream(path) -> bool:
+    """An output path that exists and is neither a regular file nor a folder (/dev/null,
+    /dev/stdout, a named pipe): it is written in place, since a rename would replace the
+    device or pipe itself with a file."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+@contextmanager
+def atomic_output(path, suffix: str = "", mode: str = "wb"):
+    """A file to write ``path``'s content to: a temp file in its folder, renamed onto ``path``
+    when the block ends without error and removed otherwise; a stream (is_stream) directly."""
+    path = Path(path)
+    if is_stream(path):
+        with open(path, mode) as out:
+            yield out
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    with _temp_in(folder, suffix) as tmp:
+        with open(tmp, mode) as out:
+            yield out
+        publish(tmp, path)
 
 
 @contextmanager
@@ -293,6 +326,13 @@ def save_model(model: onnx.ModelProto, output, external_data: bool | None = None
     """
     output = Path(output)
     folder = output.parent if str(output.parent) else Path(".")
+    if is_stream(output):
+        if external_data:
+            raise OnnxInitError(f"{output}: not a regular file; a model with external data needs a file path")
+        _inline_deferred(model)
+        with atomic_output(output) as out:
+            write_model(model, out)
+        return [output]
     if not folder.is_dir():
         raise OnnxInitError(f"{output}: output folder {folder} does not exist")
     if not os.access(folder, os.W_OK):

@@ -1,12 +1,10 @@
 """Variance per layer on a log axis, weighted layers marked; several models overlaid."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from .errors import OnnxInitError
-from .model_io import publish
+from .model_io import atomic_output, is_stream
 
 
 def _pyplot():
@@ -23,16 +21,10 @@ def _save(fig, path) -> None:
     """The figure as a PNG at ``path``, written atomically (temp file in the same folder)."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
+    if not is_stream(path) and not folder.is_dir():
         raise OnnxInitError(f"{path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".onnxinit-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, dpi=110, format="png")
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, ".png") as f:
+        fig.savefig(f, dpi=110, format="png")
 
 
 def plot_variance(inspections, labels, path, title: str | None = None) -> None:

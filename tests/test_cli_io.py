@@ -119,3 +119,54 @@ def test_export_weights_never_overwrites_its_input(tmp_path):
     r = run("export-weights", model, "-o", model)
     assert r.returncode == 2 and "input" in r.stderr, r.stderr
     assert model.read_bytes() == SAMPLES[0].read_bytes()
+
+
+def _read_fifo(path, sink: list):
+    import threading
+
+    def read():
+        with open(path, "rb") as f:
+            sink.append(f.read())
+    thread = threading.Thread(target=read)
+    thread.start()
+    return thread
+
+
+def test_outputs_that_are_not_files_are_written_in_place(tmp_path):
+    """A named pipe, /dev/stdout or "-" as output: written into, never replaced by a file."""
+    import json
+    import os
+    import stat
+    pipe = tmp_path / "model.pipe"
+    os.mkfifo(pipe)
+    received = []
+    reader = _read_fifo(pipe, received)
+    r = run("autoinit", SAMPLES[0], "-o", pipe, "-q")
+    reader.join(timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+    onnx.checker.check_model(onnx.load_model_from_string(received[0]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pipe"]   # no spill or temp file left
+    r = run("check", SAMPLES[0], "--json", "-")
+    assert json.loads(r.stdout)["command"] == "check"
+    report_pipe = tmp_path / "report.pipe"
+    os.mkfifo(report_pipe)
+    received = []
+    reader = _read_fifo(report_pipe, received)
+    r = run("inspect", SAMPLES[0], "--json", report_pipe)
+    reader.join(timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(received[0])["command"] == "inspect"
+    assert stat.S_ISFIFO(os.stat(report_pipe).st_mode)
+
+
+def test_a_full_device_fails_with_one_line(tmp_path):
+    import os
+    import stat
+    if not os.path.exists("/dev/full"):
+        import pytest
+        pytest.skip("no /dev/full here")
+    r = run("autoinit", SAMPLES[0], "-o", "/dev/full", "-q")
+    assert r.returncode == 2
+    assert "No space left" in r.stderr and "Traceback" not in r.stderr
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)

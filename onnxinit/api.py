@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxInitError
-from .graph import Graph, symbolic_dim_names
+from .graph import FLOAT_TYPES, Graph, symbolic_dim_names
 from .model_io import load_model, save_model
 from .moments import Moments
 from .propagate import propagate
@@ -80,7 +80,16 @@ TIED_PASSES = 3   # propagation passes at most when an embedding table is tied t
 
 
 def check_sizes(model, sizes) -> None:
-    """Every name in ``sizes`` is a symbolic dim (after the first axis) of a graph input, sized >= 1."""
+    """Every float graph input has a rank, and every name in ``sizes`` is a symbolic dim (after
+    the first axis) of a graph input, sized >= 1."""
+    initializers = {t.name for t in model.graph.initializer}
+    used = {name for node in model.graph.node for name in node.input}
+    for vi in model.graph.input:
+        tensor = vi.type.tensor_type
+        if vi.name in used and vi.name not in initializers and vi.type.HasField("tensor_type") \
+                and tensor.elem_type in FLOAT_TYPES and not tensor.HasField("shape"):
+            raise OnnxInitError(f"graph input {vi.name!r} has no shape, not even a rank: the layers it feeds "
+                                "cannot be analysed; export the model with input shapes (symbolic dims are fine)")
     names = symbolic_dim_names(model)
     for name, size in (sizes or {}).items():
         if name not in names:

@@ -108,7 +108,7 @@ def gaussian_feeds(model: onnx.ModelProto, batch: int, rng: np.random.Generator,
             rows = index_range(model, vi.name)
             feeds[vi.name] = np.ones(shape, dtype) if rows is None else rng.integers(0, rows, shape).astype(dtype)
         else:
-            feeds[vi.name] = (mean + np.sqrt(var) * rng.standard_normal(shape)).astype(dtype)
+            feeds[vi.name] = np.asarray(mean + np.sqrt(var) * rng.standard_normal(shape)).astype(dtype)
     return feeds
 
 

@@ -168,3 +168,26 @@ def test_nan_data_refused_by_inspect_and_check(tmp_path):
     for command in ("inspect", "check"):
         r = run(command, path, "--measure", "--data", data)
         assert r.returncode == 2 and "NaN or infinite" in r.stderr, r.stderr
+
+
+def test_input_without_a_rank_is_refused_and_a_scalar_input_is_measured(tmp_path):
+    """No shape at all on the input: exit 2 naming it (before, every layer but the last was left
+    undrawn and autoinit exited 0). A scalar float input (a temperature) is fed as a 0-d array."""
+    model = mlp()
+    model.graph.input[0].type.tensor_type.ClearField("shape")
+    path = tmp_path / "no_rank.onnx"
+    onnx.save(model, path)
+    for command in (["autoinit", path, "-o", tmp_path / "out.onnx"], ["check", path]):
+        r = run(*command)
+        assert r.returncode == 2 and "'x' has no shape" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["no_rank.onnx"]
+    scaled = mlp()
+    scaled.graph.node[-1].output[0] = "z"
+    scaled.graph.node.append(helper.make_node("Mul", ["z", "t"], ["y"], name="temperature"))
+    scaled.graph.input.append(helper.make_tensor_value_info("t", TensorProto.FLOAT, []))
+    path = tmp_path / "scalar_input.onnx"
+    onnx.save(scaled, path)
+    r = run("autoinit", path, "-o", tmp_path / "out.onnx", "-q")
+    assert r.returncode == 0, r.stderr
+    r = run("check", tmp_path / "out.onnx", "--measure", "--verbose")
+    assert r.returncode == 0, r.stderr

@@ -41,7 +41,7 @@ class Graph:
         self.producer = {out: node for node in self.nodes for out in node.output if out}
         self.consumers = defaultdict(list)
         for node in self.nodes:
-            for name in node.input:
+            for name in self.reads(node):
                 if name:
                     self.consumers[name].append(node)
         self._values: dict[str, np.ndarray] = {}
@@ -51,13 +51,18 @@ class Graph:
         self._weight_norms: dict = {}                    # computed weight -> weightnorm.WeightNorm or None
         self._weight_views: dict = {}                    # computed weight -> weightview.WeightView or None
 
+    def reads(self, node) -> list:
+        """The tensors ``node`` reads: its inputs, then the enclosing-graph tensors its subgraphs
+        use (an If branch or Loop body may read any tensor of the graph around it)."""
+        return list(node.input) + outer_references(node)
+
     def _topological_order(self):
         nodes = list(self.graph.node)
         produced = {out: i for i, n in enumerate(nodes) for out in n.output if out}
         deps = [set() for _ in nodes]
         users = defaultdict(list)
         for i, node in enumerate(nodes):
-            for name in node.input:
+            for name in self.reads(node):
                 j = produced.get(name)
                 if j is not None and j != i and j not in deps[i]:
                     deps[i].add(j)
@@ -298,13 +303,50 @@ class Graph:
         for node in self.nodes:
             if node.op_type in SHAPE_OPS:
                 continue
-            if any(i in carries for i in node.input if i):
+            if any(i in carries for i in self.reads(node) if i):
                 for out in node.output:
                     if out:
                         carries.add(out)
                         if self.elem_type(out) in FLOAT_TYPES or self.elem_type(out) is None:
                             signal.add(out)
         return {s for s in signal if self.elem_type(s) in FLOAT_TYPES or self.elem_type(s) is None}
+
+
+def subgraphs(node) -> list:
+    """The GraphProtos in ``node``'s attributes (If branches, Loop and Scan bodies)."""
+    graphs = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            graphs.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            graphs.extend(attr.graphs)
+    return graphs
+
+
+def outer_references(node) -> list:
+    """Names ``node``'s subgraphs (nested ones too) read from the graphs around them: used by
+    a subgraph node but neither a subgraph input, initializer nor node output there."""
+    names = []
+    for graph in subgraphs(node):
+        defined = {i.name for i in graph.input} | {t.name for t in graph.initializer} | \
+            {t.values.name for t in graph.sparse_initializer}
+        for inner in graph.node:
+            defined.update(o for o in inner.output if o)
+        for inner in graph.node:
+            for name in list(inner.input) + outer_references(inner):
+                if name and name not in defined and name not in names:
+                    names.append(name)
+    return names
+
+
+def subgraph_weights(node) -> list:
+    """Float initializers inside ``node``'s subgraphs (nested ones too)."""
+    names = []
+    for graph in subgraphs(node):
+        names += [t.name for t in graph.initializer if t.data_type in FLOAT_TYPES]
+        for inner in graph.node:
+            names += subgraph_weights(inner)
+    return names
 
 
 def model_shell(model: onnx.ModelProto, as_inputs) -> onnx.ModelProto:

@@ -9,7 +9,7 @@ import onnx
 
 from .batch_one import value_at_batch_one
 from .dims import PROBE_BATCH, SAME_SHAPE, fill_dims
-from .graph import CACHE_LIMIT, FLOAT_TYPES, Graph
+from .graph import CACHE_LIMIT, FLOAT_TYPES, Graph, outer_references, subgraph_weights, subgraphs
 from .kinds import KINDS
 from .kinds.common import Unsupported, attributes, signal_inputs
 from .measure import index_range
@@ -294,9 +294,35 @@ def _passthrough(node, ctx: Propagation) -> None:
             ctx.set_moments(out, source if ctx.has_positions(out) else source.without_positions())
 
 
+def _control_flow(node, ctx: Propagation) -> bool:
+    """If / Loop / Scan reading a signal (directly or from inside a subgraph): the subgraphs are
+    not analysed. Float outputs take the moments of the first signal the node reads, and a
+    warning names the weights it uses, which keep their values. False for other nodes."""
+    graph = ctx.graph
+    if not subgraphs(node):
+        return False
+    sources = [name for name in graph.reads(node) if name and ctx.is_signal(name)]
+    if not sources:
+        return False
+    key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+    ctx.fallbacks[key] = ctx.fallbacks.get(key, 0) + 1
+    weights = subgraph_weights(node) + [n for n in outer_references(node) if graph.is_weight(n)]
+    left = f"; weights it uses keep their values: {', '.join(weights[:5])}" + \
+        (f" and {len(weights) - 5} more" if len(weights) > 5 else "") if weights else ""
+    ctx.warn(f"{key} ({node.name or node.output[0]}): control flow, its subgraphs are not analysed; "
+             f"outputs take the statistics of {sources[0]!r}{left}")
+    source = ctx.moments[sources[0]]
+    for out in node.output:
+        if out and out in graph.signal_tensors:
+            ctx.set_moments(out, source if ctx.has_positions(out) else source.without_positions())
+    return True
+
+
 def _visit(node, ctx: Propagation, rules, residual: str) -> None:
     """One node: its rule's kind, the Monte Carlo fallback, or constant and shape folding."""
     graph = ctx.graph
+    if _control_flow(node, ctx):
+        return
     if not signal_inputs(node, ctx):
         rule = rules.lookup(node)
         if rule is not None and rule.get("source") and any(o in graph.signal_tensors for o in node.output if o):

@@ -164,3 +164,29 @@ def test_mask_built_from_the_batch_size_is_applied():
         got = measure(model, ["y"], gaussian_feeds(model, 1024, np.random.default_rng(0)))["y"][1]
         ratios.append(got / report.layers[-1].output.var)
     assert all(0.85 <= r <= 1.15 for r in ratios) and abs(np.mean(ratios) - 1) <= 0.1, ratios
+
+
+def test_control_flow_reading_the_signal_from_its_branches_is_reported():
+    """An If whose branches read the signal from the enclosing graph (its only explicit input is
+    the condition): listed with the fallbacks, its output gets statistics, and a warning names
+    the weights inside its branches and those it reads from outside, which keep their values."""
+    rng = np.random.default_rng(0)
+    out = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 8]) for n in ("t", "e")]
+    then_branch = helper.make_graph([helper.make_node("MatMul", ["h", "w_then"], ["t"])], "then", [], [out[0]],
+                                    [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w_then")])
+    else_branch = helper.make_graph([helper.make_node("MatMul", ["h", "w_else"], ["e"])], "else", [], [out[1]])
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"], name="fc"), helper.make_node("Relu", ["h0"], ["h"]),
+             helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_branch,
+                              else_branch=else_branch)]
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), n) for n in ("w1", "w_else")]
+    inits.append(numpy_helper.from_array(np.array(True), "cond"))
+    # the If node comes first in the file: the graph's order must follow what the branches read
+    graph = helper.make_graph(nodes[2:] + nodes[:2], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    new, report = onnxinit.autoinit(model, return_report=True)
+    assert report.fallbacks == {"If": 1}
+    assert any("If (branch)" in w and "w_then" in w and "w_else" in w for w in report.warnings)
+    assert "y" in report.output_moments
+    assert len(report.layers) == 1

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import tempfile
 from contextlib import contextmanager, nullcontext
 from itertools import chain
@@ -77,16 +78,29 @@ def load_model(path, lazy: bool = False) -> onnx.ModelProto:
     output by save_model. For models that must not be held in memory twice; such a model
     is for Graph and save_model only (ONNX Runtime refuses absolute locations)."""
     path = Path(path)
-    if not path.exists():
+    streamed = str(path) == "-" or is_stream(path)
+    if not streamed and not path.exists():
         raise OnnxInitError(f"{path}: no such file")
     if path.is_dir():
         raise OnnxInitError(f"{path}: is a directory, expected an .onnx file")
-    if path.stat().st_size == 0:
+    if not streamed and path.stat().st_size == 0:
         raise OnnxInitError(f"{path}: file is empty")
     try:
-        model = onnx.load_model(str(path), load_external_data=False)
+        if streamed:   # "-" (standard input), /dev/stdin, a named pipe: read once, to the end
+            data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+            if not data:
+                raise OnnxInitError(f"{path}: no bytes to read")
+            model = onnx.load_model_from_string(data)
+        else:
+            model = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, RuntimeWarning, ValueError, RuntimeError) as exc:
         raise OnnxInitError(f"{path}: not a valid ONNX model ({exc.__class__.__name__}: {exc})") from exc
+    if streamed:
+        if any(True for _ in _tensors_with_external_data(model)):
+            raise OnnxInitError(f"{path}: the model keeps tensors in external data files, which a model read "
+                                "from a stream cannot locate; pass its file path")
+        check_model(model, path)
+        return model
     if not model.HasField("graph") or (not model.graph.node and not model.graph.initializer):
         raise OnnxInitError(f"{path}: not an ONNX model (no graph)")
     check_model(model, path)

@@ -170,3 +170,15 @@ def test_a_full_device_fails_with_one_line(tmp_path):
     assert r.returncode == 2
     assert "No space left" in r.stderr and "Traceback" not in r.stderr
     assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+
+
+def test_model_read_from_standard_input(tmp_path):
+    """MODEL "-" reads standard input: the same output as from the file; empty input is exit 2."""
+    from_file, from_stdin = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    assert run("autoinit", SAMPLES[0], "-o", from_file, "-q").returncode == 0
+    r = subprocess.run([sys.executable, "-m", "onnxinit.cli", "autoinit", "-", "-o", str(from_stdin), "-q"],
+                       input=SAMPLES[0].read_bytes(), capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert from_file.read_bytes() == from_stdin.read_bytes()
+    r = subprocess.run([sys.executable, "-m", "onnxinit.cli", "check", "-"], input=b"", capture_output=True)
+    assert r.returncode == 2 and b"no bytes to read" in r.stderr

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxInitError
-from .graph import FLOAT_TYPES, Graph, symbolic_dim_names
+from .graph import FLOAT_TYPES, Graph, symbolic_dim_names, taken_sizes
 from .model_io import load_model, save_model
 from .moments import Moments
 from .propagate import propagate
@@ -163,7 +163,7 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
     report = Report(
         command="autoinit", model=source, output=None, seed=seed,
         options={"distribution": distribution, "input_mean": input_mean, "input_var": input_var,
-                 "residual": residual, "mode": mode, "dims": dict(sizes or {}),
+                 "residual": residual, "mode": mode, "dims": taken_sizes(model, sizes),
                  "rules": [str(r) for r in rules]},
         layers=result.layers, kinds_used=result.kinds_used, fallbacks=result.fallbacks,
         warnings=result.warnings, structural_changes=result.structural_changes,

@@ -377,6 +377,11 @@ def symbolic_size(dim, sizes: dict | None) -> int:
     return int((sizes or {}).get(dim.dim_param, SYMBOLIC_DIM))
 
 
+def taken_sizes(model: onnx.ModelProto, sizes: dict | None) -> dict:
+    """{symbolic input dim name (after the first axis): the size the analysis takes}, sorted."""
+    return {name: int((sizes or {}).get(name, SYMBOLIC_DIM)) for name in sorted(symbolic_dim_names(model))}
+
+
 def symbolic_dim_names(model: onnx.ModelProto) -> set:
     """Names of the symbolic dims of the graph inputs (after the first axis)."""
     return {d.dim_param for vi in model.graph.input for axis, d in enumerate(vi.type.tensor_type.shape.dim)

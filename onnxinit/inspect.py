@@ -18,7 +18,7 @@ import numpy as np
 
 from .api import _as_model, check_sizes
 from .errors import OnnxInitError
-from .graph import Graph
+from .graph import Graph, taken_sizes
 from .moments import Moments
 from .propagate import propagate
 from .report import Report
@@ -130,7 +130,7 @@ def inspect_model(model_or_path, measure_signal: bool = False, batch: int = 16, 
         command=command, model=source, output=None, seed=None,
         options={"measure": measure_signal, "batch": batch, "data": str(data) if data else None,
                  "input_mean": input_mean, "input_var": input_var, "min_var": min_var, "max_var": max_var,
-                 "all": all_tensors, "dims": dict(sizes or {})},
+                 "all": all_tensors, "dims": taken_sizes(model, sizes)},
         layers=ctx.layers, kinds_used=ctx.kinds_used, fallbacks=ctx.fallbacks, warnings=ctx.warnings,
         output_moments={o: ctx.moments[o] for o in graph.outputs if o in ctx.moments},
         seconds=time.perf_counter() - start)
@@ -172,6 +172,10 @@ def table(inspection: Inspection, limit: int | None = 60) -> str:
         lines.append(f"worst layer: {s['worst']['node']} (variance {s['worst']['variance']:.4g})")
     for name, v in s["output_variance"].items():
         lines.append(f"model output {name}: variance {v:.4g}")
+    dims = inspection.report.options.get("dims")
+    if dims:
+        lines.append(f"dynamic input dims taken as {', '.join(f'{k}={v}' for k, v in dims.items())} "
+                     "(--dim NAME=SIZE sets them)")
     for w in inspection.report.warnings[:5]:
         lines.append(f"warning: {w}")
     return "\n".join(lines)

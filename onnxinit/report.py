@@ -81,6 +81,9 @@ class Report:
                          ", ".join(f"{k} x{v}" for k, v in sorted(self.fallbacks.items())))
         for name, m in self.output_moments.items():
             lines.append(f"  model output {name}: predicted mean {m.mean:.4g}, variance {m.var:.4g}")
+        if self.options.get("dims"):
+            taken = ", ".join(f"{k}={v}" for k, v in self.options["dims"].items())
+            lines.append(f"  dynamic input dims taken as {taken} (--dim NAME=SIZE sets them)")
         for change in self.structural_changes:
             lines.append(f"  changed: {change}")
         shown = self.warnings[:10]

@@ -5,7 +5,8 @@ Concat of two or more signals), plus the model outputs; ``all_tensors`` gives
 every signal tensor. Each row may carry flags:
 
 * ``low`` / ``high``: the variance (measured when there is a measurement,
-  else predicted) is below ``min_var`` or above ``max_var``;
+  else predicted) is below ``min_var`` or above ``max_var``; ``nonfinite``: it is NaN or
+  infinite (a weighted layer with any of the three fails ``check``);
 * ``mispredicted``: measured and predicted variance differ by more than
   ``mismatch`` times (either way).
 """
@@ -57,7 +58,7 @@ class Inspection:
 
     @property
     def offending(self) -> list:
-        return [r for r in self.rows if r.weighted and ({"low", "high"} & set(r.flags))]
+        return [r for r in self.rows if r.weighted and ({"low", "high", "nonfinite"} & set(r.flags))]
 
     @property
     def weighted_rows(self) -> list:
@@ -65,7 +66,8 @@ class Inspection:
 
     def summary_dict(self) -> dict:
         weighted = self.weighted_rows
-        worst = max(weighted, key=lambda r: abs(np.log(max(r.variance, 1e-300))), default=None)
+        worst = max(weighted, key=lambda r: abs(np.log(max(r.variance, 1e-300))) if np.isfinite(r.variance)
+                    else np.inf, default=None)
         outputs = [r for r in self.rows if r.tensor in self.report.output_moments]
         return {
             "weighted_layers": len(weighted),

@@ -191,3 +191,27 @@ def test_input_without_a_rank_is_refused_and_a_scalar_input_is_measured(tmp_path
     assert r.returncode == 0, r.stderr
     r = run("check", tmp_path / "out.onnx", "--measure", "--verbose")
     assert r.returncode == 0, r.stderr
+
+
+def test_nan_weight_fails_check_and_channel_mismatch_is_refused(tmp_path):
+    """A weighted layer whose variance is NaN fails check (it passed: only low and high counted),
+    and a Conv whose weight expects other input channels than it gets is exit 2 everywhere."""
+    model = mlp()
+    w = numpy_helper.to_array(model.graph.initializer[0]).copy()
+    w[0, 0] = np.nan
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "w1"))
+    path = tmp_path / "nan.onnx"
+    onnx.save(model, path)
+    for extra in ([], ["--measure"]):
+        r = run("check", path, *extra)
+        assert r.returncode == 1 and "fc1" in r.stdout and "nan" in r.stdout, r.stdout + r.stderr
+    weight = numpy_helper.from_array(np.ones((4, 5, 3, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    path = tmp_path / "mismatch.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    for command in (["autoinit", path, "-o", tmp_path / "out.onnx"], ["inspect", path], ["check", path]):
+        r = run(*command)
+        assert r.returncode == 2 and "3 channels" in r.stderr and "expects 5" in r.stderr, r.stderr
+    assert not (tmp_path / "out.onnx").exists()

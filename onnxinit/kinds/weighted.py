@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import OnnxInitError
 from ..layouts import Layout, conv_transpose_tap_fraction
 from ..moments import Moments
 from ..signal import (SITE_BUDGET, Sites, element_cumulants, gaussian, pool_positions, pool_sites, site_count,
@@ -211,8 +212,12 @@ def _conv_inputs(node, layout, x, ctx, attrs):
     mean, var, shared = sig.stats()
     within = var - shared
     channels = layout.canonical_shape[1] * layout.group_count
-    stats = [_per_channel(a[0], 0, channels) for a in (mean, shared, within)]
     dims = ctx.graph.static_dims(x) or [None] * rank
+    if dims[1] is not None and dims[1] != channels:   # ONNX Runtime would refuse the model as well
+        raise OnnxInitError(f"{node.op_type} {node.name or node.output[0]!r}: its input has {dims[1]} channels, "
+                            f"its weight expects {channels} ({layout.canonical_shape[1]} per group x "
+                            f"{layout.group_count} groups): not a valid model")
+    stats = [_per_channel(a[0], 0, channels) for a in (mean, shared, within)]
     kernel = list(attrs.get("kernel_shape", layout.shape[2:]))
     if kernel != list(layout.shape[2:]):
         raise Unsupported(f"kernel_shape {kernel} does not match the weight's {list(layout.shape[2:])}")

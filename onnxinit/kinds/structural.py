@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..signal import (GRID_BUDGET, MAX_ROOTS, SITE_BUDGET, Root, Signal, Sites, collapse, constant_signal,
-                      edge_sites, gaussian, grid_size, merge_axis, on_roots, site_count, union_roots, with_axes)
+                      edge_sites, gaussian, grid_size, merge_axis, on_roots, pool_sites, site_count, union_roots,
+                      with_axes)
 from .common import Unsupported, attributes
 
 EXPAND_LIMIT = 1 << 16   # sites a reshape may spell out one by one
@@ -74,6 +75,40 @@ def _pooled(ctx, sig: Signal, x, out, batch_first: bool = True):
                     (None,) * rank, positions)
 
 
+def _kept_prefix(ctx, sig: Signal, dims_in, dims_out, out):
+    """A reshape that leaves the leading axes as they are (dynamic ones included) and regroups
+    only static trailing ones, e.g. (steps, batch, directions, hidden) -> (steps, batch,
+    directions x hidden): the leading axes keep their sites; the regrouped ones are spelled
+    out and reshaped (up to EXPAND_LIMIT elements, else pooled). None when the reshape is not
+    of that form or no axis has sites."""
+    if not dims_in or not dims_out:
+        return None
+    k = 0
+    while k < min(len(dims_in), len(dims_out)) - 1 and dims_in[k] == dims_out[k]:
+        k += 1
+    rest_in, rest_out = dims_in[k:], dims_out[k:]
+    if k == 0 or any(d is None for d in rest_in + rest_out) or \
+            int(np.prod(rest_in)) != int(np.prod(rest_out)) or all(a is None for a in sig.axes):
+        return None
+    mean, var, shared = sig.stats()
+    arrays = [np.broadcast_to(a, mean.shape) for a in (mean, shared, var - shared)]
+    prefix = [a.size if a is not None else 1 for a in sig.axes[:k]]
+    if int(np.prod(rest_in)) * int(np.prod(prefix)) > EXPAND_LIMIT:
+        m, s, w, axes = pool_sites(*arrays, sig.axes, sig.site_weights(), keep=tuple(range(k)))
+        shape = prefix + [1] * (len(dims_out) - k)
+        return gaussian(out, m.reshape(shape), s.reshape(shape), w.reshape(shape),
+                        tuple(axes[:k]) + (None,) * (len(dims_out) - k), ctx.has_positions(out))
+    spelled = []
+    for array in arrays:
+        for a in range(k, len(dims_in)):
+            sites = sig.axes[a]
+            array = np.take(array, sites.index_of(np.arange(dims_in[a])), axis=a) if sites is not None \
+                else np.repeat(array, dims_in[a], axis=a)
+        spelled.append(array.reshape(prefix + list(rest_out)))
+    axes = tuple(sig.axes[:k]) + tuple(Sites.full(d) if d > 1 else None for d in rest_out)
+    return gaussian(out, *spelled, axes, ctx.has_positions(out))
+
+
 def _expanded(sig: Signal, dims) -> Signal:
     """Every site along every axis after the batch axis spelled out (axes become full)."""
     r = len(sig.roots)
@@ -123,6 +158,10 @@ def reshape(node, rule, ctx):
     sig = ctx.signal(x)
     dims_in, dims_out = ctx.graph.static_dims(x), ctx.graph.static_dims(out)
     if not dims_in or not dims_out or any(d is None for d in dims_in[1:] + dims_out[1:]):
+        kept = _kept_prefix(ctx, sig, dims_in, dims_out, out)
+        if kept is not None:
+            ctx.set(out, kept)
+            return
         seq_first = bool(dims_in) and dims_in[0] is not None and dims_in[0] > 1 and None in dims_in[1:2]
         ctx.set(out, _pooled(ctx, sig, x, out, batch_first=not seq_first))
         return

@@ -150,7 +150,7 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
         # drawn at the scale that layer needs (everything downstream of the lookup depends on it)
         tied_scales = {name: tied_scales.get(name, 1.0) * f for name, f in scheme.tied_factors.items()} | \
             {name: s for name, s in tied_scales.items() if name not in scheme.tied_factors}
-    if not result.layers and not result.embeddings:
+    if not result.layers and not result.embeddings and not result.recurrent:
         raise OnnxInitError(f"{source}: found no weighted layer with a float weight to initialize "
                             "(integer and quantized weights are left to their quantizer)")
     calibration = []
@@ -171,6 +171,9 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
         seconds=time.perf_counter() - start)
     if result.embeddings:
         report.extra["embeddings"] = [{"node": n, "table": t, "output": m.as_dict()} for n, t, m in result.embeddings]
+    if result.recurrent:
+        report.extra["recurrent"] = [{"node": n, "op_type": op, "weight_std_per_gate": std, "output": m.as_dict()}
+                                     for n, op, std, m in result.recurrent]
     if calibration:
         report.extra["empirical"] = [{"node": n, "measured_second_moment": m, "factor": f} for n, m, f in calibration]
     return (model, report) if return_report else model

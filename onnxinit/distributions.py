@@ -1,6 +1,7 @@
 """Seedable weight samplers, pure functions of (rng, shape) like jax.nn.initializers.
 
-Each returns float32 samples with unit second moment; callers scale them.
+Each returns float32 samples of unit variance before truncation (the truncated normal: 0.77); callers
+rescale them to the second moment they need.
 """
 from __future__ import annotations
 

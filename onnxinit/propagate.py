@@ -79,6 +79,8 @@ class Propagation:
     layer_outputs: dict = field(default_factory=dict)
     unit_correlation: dict = field(default_factory=dict)
     embeddings: list = field(default_factory=list)
+    recurrent: list = field(default_factory=list)   # (node, op type, weight std per gate, output Moments)
+    recurrent_samples: dict = field(default_factory=dict)   # a recurrent op's sampled outputs (recurrent.py)
     structural_changes: list = field(default_factory=list)
     row_shared: dict = field(default_factory=dict)   # token rows (T·N, E): share common to all tokens
     softmax_tilt: dict = field(default_factory=dict)  # softmax output: tau (montecarlo.softmax_tilt)

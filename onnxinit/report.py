@@ -59,6 +59,9 @@ class Report:
         lines.append(f"  weighted layers initialized: {len(self.layers)}")
         if self.extra.get("embeddings"):
             lines.append(f"  embedding tables initialized: {len(self.extra['embeddings'])}")
+        if self.extra.get("recurrent"):
+            lines.append(f"  recurrent layers initialized (gate pre-activations variance 1): "
+                         f"{len(self.extra['recurrent'])}")
         if self.layers and self.command == "autoinit":
             worst = max(self.layers, key=lambda r: abs(r.output.var - 1.0))
             lines.append(f"  predicted output of every weighted layer: mean 0, variance 1 "

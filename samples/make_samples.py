@@ -266,6 +266,23 @@ def shuffle_net():
                          nn.Flatten(), nn.Linear(128, 10)), (3, 32, 32)
 
 
+class RecurrentStack(nn.Module):
+    """A sequence model: a Linear + ReLU on each step, a 2-layer LSTM (exported as two LSTM nodes),
+    a bidirectional GRU, and a Linear head on the last step."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(16, 32)
+        self.lstm = nn.LSTM(32, 64, num_layers=2, batch_first=True)
+        self.gru = nn.GRU(64, 48, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(96, 10)
+
+    def forward(self, x):
+        y, _ = self.lstm(torch.relu(self.embed(x)))
+        y, _ = self.gru(y)
+        return self.head(y[:, -1])
+
+
 def with_weight_norm(model, legacy=False):
     """Every Conv2d and Linear reparametrized as w = g * v / ||v|| (PyTorch's weight_norm, dim=0);
     exported in training mode, the reparametrization stays in the graph."""
@@ -341,6 +358,7 @@ SAMPLES = {
     "densenet_block": (densenet_block, False),
     # channel split and shuffle with reshape targets computed from the batch (ShuffleNetV2, inference)
     "shufflenet_units": (shuffle_net, False),
+    "rnn_stack": (lambda: (RecurrentStack(), (12, 16)), False),
     # weight norm (Arpit et al.): exported in training mode so w = g * v / ||v|| stays in the graph
     "resnet20_wn": (lambda: (with_weight_norm(CifarResNet(n=3)), (3, 32, 32)), True),
     "resnet56_wn": (lambda: (with_weight_norm(CifarResNet(n=9)), (3, 32, 32)), True),

@@ -7,6 +7,7 @@ from .einsum import einsum
 from .elementwise import elementwise
 from .normalize import batchnorm, fixed, group_norm
 from .pooling import pool, reduce_positions
+from .recurrent import recurrent
 from .softmax import softmax
 from .structural import broadcast, concat, dropout, identity, pad, reshape, slice_positions, split
 from .transformer import gather, layernorm
@@ -32,4 +33,5 @@ KINDS = {
     "group_norm": group_norm,
     "broadcast": broadcast,
     "einsum": einsum,
+    "recurrent": recurrent,
 }

@@ -180,6 +180,19 @@ class AutoInit:
         self._embedded.add(name)
         self._store(name, w.reshape(table.shape).astype(table.dtype, copy=False))
 
+    def draw_unit(self, name: str, shape) -> np.ndarray:
+        """Samples for weight ``name`` shaped (groups, rows, cols), orthogonal per group with
+        ``orthogonal``, scaled to a mean square of exactly 1 (a normal truncated at two standard
+        deviations has variance 0.77); a kind scales them and hands them to ``write`` (recurrent.py)."""
+        w = unit_samples(self.seed, name, self.distribution, tuple(shape))
+        ms = mean_square(w)
+        return w / np.float32(np.sqrt(ms)) if ms > 0 else w
+
+    def write(self, name: str, value: np.ndarray) -> None:
+        """Store a weight a kind computed, unless it was written already (a shared tensor)."""
+        if not self._written(name) and self.graph.weight_tensor(name) is not None:
+            self._store(name, value)
+
     def rescale(self, name: str, value: np.ndarray) -> None:
         """A drawn weight changed after the fact (``--residual weighted`` folds a scale into it)."""
         self._store(name, value)

@@ -71,6 +71,7 @@ def _unary(op, a):
         "Abs": np.abs,
         "Identity": lambda x: x,
         "Mish": lambda x: x * np.tanh(np.logaddexp(0.0, x)),
+        "Swish": lambda x: x * _sigmoid(a.get("alpha", 1.0) * x),
         "Sin": np.sin,
         "Cos": np.cos,
     }.get(op)

@@ -424,3 +424,17 @@ def test_group_norm_as_pytorch_exports_it():
     inits = [("target", np.array([0, 4, -1], np.int64)), ("ones", np.ones(4)), ("zeros", np.zeros(4)),
              ("gamma", rng.uniform(0.5, 1.5, (8, 1, 1))), ("beta", rng.normal(0, 0.5, (8, 1, 1)))]
     check(chain(nodes, shape, inits), shape)
+
+
+@pytest.mark.parametrize("op,opset", [("RMSNormalization", 23), ("SimplifiedLayerNormalization", 17)])
+def test_rms_normalization(op, opset):
+    """RMSNorm as one op (opset 23, and ONNX Runtime's SimplifiedLayerNormalization): the layernorm
+    rule without centering, x / sqrt(mean(x^2) + eps) * scale, over the last axis and over two."""
+    scale = RNG.uniform(0.5, 1.5, 16)
+    check(one_op(op, (1, 6, 16), inits=[("s", scale)], extra_inputs=["s"], opset=opset, axis=-1), (1, 6, 16))
+    check(one_op(op, (1, 6, 16), inits=[("s", np.ones((6, 16)))], extra_inputs=["s"], opset=opset, axis=1),
+          (1, 6, 16))
+
+
+def test_swish():
+    check(one_op("Swish", (1, 32), opset=24, alpha=1.7), (1, 32))

@@ -79,7 +79,8 @@ def layernorm(node, rule, ctx):
 
     For many normalized elements m and v are those of x's sites pooled over the
     normalized axes, so the op is an affine map of x on its grid, as BatchNorm
-    in training mode is over channels.
+    in training mode is over channels. With ``center = false`` (RMSNormalization) m is 0
+    and v the mean square: y = x / sqrt(E[x^2] + eps) * gamma.
     """
     attrs = attributes(node)
     x, out = node.input[0], node.output[0]
@@ -96,6 +97,8 @@ def layernorm(node, rule, ctx):
     total = w.sum(axis=normalized, keepdims=True)
     m = (w * mean).sum(axis=normalized, keepdims=True) / total
     second = (w * (var + mean ** 2)).sum(axis=normalized, keepdims=True) / total
+    if not rule.get("center", True):
+        m = np.zeros_like(m)
     std = np.sqrt(np.maximum(second - m * m, 0.0) + eps)
     r = len(sig.roots)
     values = (sig.values - m.reshape((1,) * r + m.shape)) / std.reshape((1,) * r + std.shape)

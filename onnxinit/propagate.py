@@ -15,6 +15,7 @@ from .kinds.common import Unsupported, attributes, signal_inputs
 from .measure import index_range
 from .moments import Moments
 from .montecarlo import monte_carlo
+from .montecarlo_source import monte_carlo_from_source
 from .op_eval import run_node, too_large
 from .random_ops import as_signal, sample_random
 from .residual import weight_residual_sum
@@ -279,7 +280,10 @@ def _fallback(node, ctx: Propagation, reason: str) -> None:
     key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
     ctx.fallbacks[key] = ctx.fallbacks.get(key, 0) + 1
     try:
-        engine = monte_carlo(node, ctx)
+        try:
+            engine = monte_carlo_from_source(node, ctx)   # inputs computed from one tensor stay related
+        except Exception:  # noqa: BLE001 - an optional refinement: the plain fallback follows
+            engine = monte_carlo(node, ctx)
     except Unsupported as exc:
         ctx.warn(f"{key} ({node.name or node.output[0]}): {reason}; Monte Carlo impossible ({exc}); "
                  "statistics passed through unchanged")

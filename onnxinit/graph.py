@@ -188,10 +188,14 @@ class Graph:
         return self.weight_view(name) is not None or self.weight_norm(name) is not None
 
     def weight_view(self, name: str):
-        """The transpose / reshape chain feeding a weight tensor to ``name`` (weightview.py), or None."""
+        """The transpose / reshape chain feeding a weight tensor to ``name`` (weightview.py), or the
+        element-selecting subgraph assembling it from pieces of weights (weightgather.py), or None."""
         if name not in self._weight_views:
-            from .weightview import detect
-            self._weight_views[name] = detect(self, name) if name in self.producer else None
+            from . import weightgather, weightview
+            view = weightview.detect(self, name) if name in self.producer else None
+            if view is None and name in self.producer:
+                view = weightgather.detect(self, name)
+            self._weight_views[name] = view
         return self._weight_views[name]
 
     def weight_shape(self, name: str):
@@ -211,7 +215,7 @@ class Graph:
             return [name]
         view = self.weight_view(name)
         if view is not None:
-            return [view.source]
+            return list(getattr(view, "sources", [view.source]))
         norm = self.weight_norm(name)
         return [norm.v, norm.g] if norm is not None else []
 
@@ -230,7 +234,8 @@ class Graph:
             return name
         view = self.weight_view(name)
         if view is not None:
-            return view.source if view.source in self.initializers else None
+            sources = getattr(view, "sources", [view.source])
+            return sources[0] if len(sources) == 1 and sources[0] in self.initializers else None
         wn = self.weight_norm(name)
         return wn.g if wn is not None and wn.g in self.initializers else None
 

@@ -68,3 +68,39 @@ def test_autoinit_initializes_both_layers_through_their_views():
     for name in ("h", "y"):
         mean, var = measured[name]
         assert abs(mean) < 0.1 and 0.85 <= var <= 1.15, (name, mean, var)
+
+
+def _gathered_model():
+    """x (N, 6) @ Concat(Slice(a, rows 2:4), Slice(a, rows 0:2), b)^T: a weight assembled from
+    pieces of two tensors, rows reordered (as torch's dynamo exporter feeds an LSTM its gates)."""
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32) * 3, "a"),
+             numpy_helper.from_array(rng.standard_normal((3, 6)).astype(np.float32) * 3, "b"),
+             numpy_helper.from_array(np.array([0], np.int64), "axis0")]
+    for name, value in (("s0", 0), ("s2", 2), ("s4", 4)):
+        inits.append(numpy_helper.from_array(np.array([value], np.int64), name))
+    nodes = [helper.make_node("Slice", ["a", "s2", "s4", "axis0"], ["a_hi"]),
+             helper.make_node("Slice", ["a", "s0", "s2", "axis0"], ["a_lo"]),
+             helper.make_node("Concat", ["a_hi", "a_lo", "b"], ["w"], axis=0),
+             helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "gathered", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 7])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_weight_assembled_from_pieces_is_read_and_written_through_them():
+    """The gathered view gives the weight the layer multiplies, autoinit writes its new rows into
+    the source tensors (unused elements untouched), and the layer measures variance 1."""
+    model = _gathered_model()
+    graph = Graph(model)
+    view = graph.weight_view("w")
+    assert view is not None and set(view.sources) == {"a", "b"}
+    np.testing.assert_array_equal(view.evaluate(graph), _run(model, ["w"])["w"])
+    new = onnxinit.autoinit(model, seed=0)
+    w = _run(new, ["w"])["w"]
+    a = numpy_helper.to_array(next(t for t in new.graph.initializer if t.name == "a"))
+    np.testing.assert_array_equal(w[:2], a[2:4])
+    np.testing.assert_array_equal(w[2:4], a[0:2])
+    assert abs(float(np.mean(w ** 2)) * 6 - 1.0) < 0.05   # Var(W) = 1 / fan_in for N(0, 1) input
+    y = measure(new, ["y"], gaussian_feeds(new, 4096, np.random.default_rng(0)))["y"]
+    assert 0.9 <= y[1] <= 1.1, y

@@ -190,7 +190,7 @@ class AutoInit:
 
     def write(self, name: str, value: np.ndarray) -> None:
         """Store a weight a kind computed, unless it was written already (a shared tensor)."""
-        if not self._written(name) and self.graph.weight_tensor(name) is not None:
+        if not self._written(name) and self.graph.payload_names(name):   # a view's sources too
             self._store(name, value)
 
     def rescale(self, name: str, value: np.ndarray) -> None:

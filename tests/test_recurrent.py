@@ -119,3 +119,39 @@ def test_hand_built_layouts_and_directions(op, layout, direction):
     for g in range(gates):
         variance = a[:, g * 8:(g + 1) * 8].var()
         assert 0.85 <= variance <= 1.15, (op, g, variance)
+
+
+def test_weights_assembled_as_torch_dynamo_exports_them_are_drawn():
+    """torch's dynamo exporter feeds LSTM its W and R as Unsqueeze(Concat(Slice(weight, gate)...)),
+    PyTorch's gate order made ONNX's: autoinit draws them through those pieces (they were left
+    as exported), and every gate's pre-activation has variance 1."""
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(5)
+    hidden, width, steps = 8, 6, 10
+    inits = [numpy_helper.from_array(rng.uniform(-0.3, 0.3, (4 * hidden, n)).astype(np.float32), name)
+             for name, n in (("weight_ih", width), ("weight_hh", hidden))]
+    inits += [numpy_helper.from_array(np.array([v], np.int64), f"at{v}") for v in range(0, 5 * hidden, hidden)]
+    inits.append(numpy_helper.from_array(np.array([0], np.int64), "axis0"))
+    nodes = []
+    for weight in ("weight_ih", "weight_hh"):
+        pieces = []
+        for gate in (0, 3, 1, 2):   # PyTorch's i, f, g, o as ONNX's i, o, f, c
+            pieces.append(f"{weight}_{gate}")
+            nodes.append(helper.make_node("Slice", [weight, f"at{gate * hidden}", f"at{(gate + 1) * hidden}", "axis0"],
+                                          [pieces[-1]]))
+        nodes += [helper.make_node("Concat", pieces, [f"{weight}_onnx"], axis=0),
+                  helper.make_node("Unsqueeze", [f"{weight}_onnx", "axis0"], [f"{weight}_3d"])]
+    nodes.append(helper.make_node("LSTM", ["x", "weight_ih_3d", "weight_hh_3d"], ["y"], hidden_size=hidden))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, "N", width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    new, report = onnxinit.autoinit(model, seed=0, return_report=True)
+    assert len(report.extra["recurrent"]) == 1
+    values = _run(new, ["weight_ih_3d", "weight_hh_3d"])
+    weights = {n + "_3d": values[n + "_3d"] for n in ("weight_ih", "weight_hh")}
+    x = np.random.default_rng(1).standard_normal((steps, BATCH, width)).astype(np.float32)
+    from onnx.reference import ReferenceEvaluator
+    y = ReferenceEvaluator(new).run(None, {"x": x})[0]
+    a = _pre_activations(new.graph.node[-1], weights, x.astype(np.float64), y.astype(np.float64))
+    for g in range(4):
+        assert 0.85 <= a[:, g * hidden:(g + 1) * hidden].var() <= 1.15, (g, a[:, g * hidden:(g + 1) * hidden].var())

@@ -79,12 +79,23 @@ def _upstream_samples(name: str, ctx):
     try:
         for node in reversed(chain):
             inputs = [value] + [ctx.value(n) if n else None for n in node.input[1:]]
+            if node.op_type == "Reshape" and inputs[1] is None:   # a target computed from the batch size
+                inputs[1] = _reshape_target(node.output[0], ctx)
             if any(v is None for v, n in zip(inputs[1:], node.input[1:]) if n):
                 return None, None
             value = np.asarray(run_node(node, inputs, ctx.graph.opsets)[0])
     except Exception:  # noqa: BLE001 - a move that does not replay at this batch size: draw instead
         return None, None
     return value, source
+
+
+def _reshape_target(name: str, ctx):
+    """The Reshape target that gives ``name`` its static dims, the one dynamic dim (the batch)
+    as -1; None when more than one dim is unknown."""
+    dims = ctx.graph.static_dims(name)
+    if not dims or sum(d is None for d in dims) > 1:
+        return None
+    return np.array([-1 if d is None else d for d in dims], np.int64)
 
 
 def _feeds(node, ctx, weights: dict, layout: int, rng, upstream=None):
@@ -233,7 +244,7 @@ def _set_output(name: str, value: np.ndarray, ctx, step, direction, unit) -> Non
     settles from zero over the first steps (a head often reads the last step, which a reverse
     direction reaches after one input), and units differ by their realized weights. Each
     (step, unit) pair is seen only ``batch`` times, so the statistics are taken as separable:
-        mean(t, d, u) = mean(t, d) + mean(d, u) - mean(d),
+        mean(t, d, u) = mean(t, d) + (mean(d, u) - mean(d)) sqrt(E[y^2](t, d) / E[y^2](d)),
         var(t, d, u)  = var(t, d) var(d, u) / var(d)   (then scaled to the run's E[y^2]),
     the (d, u) ones over every step and sequence (the step axis absent for Y_h, Y_c)."""
     axes_all = range(value.ndim)
@@ -249,7 +260,10 @@ def _set_output(name: str, value: np.ndarray, ctx, step, direction, unit) -> Non
     keep = by_direction + [unit]
     if step is not None and value.shape[step] > 1:
         mean_t, var_t = stats(by_direction + [step])
-        mean = mean_t + mean_u - mean_d
+        # the units' offsets from the direction's mean shrink with the state where it is small (first steps)
+        size = np.sqrt(np.divide(var_t + mean_t ** 2, var_d + mean_d ** 2, out=np.ones_like(var_t),
+                                 where=var_d + mean_d ** 2 > 0))
+        mean = mean_t + (mean_u - mean_d) * size
         var = var_t * np.divide(var_u, var_d, out=np.ones_like(var_u), where=var_d > 0)
         # the separable form keeps each (step, direction)'s and (direction, unit)'s mean, not quite
         # their second moment: the variances are rescaled so that E[y^2] over all is the run's

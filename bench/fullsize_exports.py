@@ -12,7 +12,13 @@ equal to the JSON report's coefficient, or the tensor unchanged).
 (c) ``autoinit`` (then ``inspect --measure`` on 8 rows) on any of them; a wider set for it alone:
 torchvision GoogLeNet, Inception-v3 (96x96), ShuffleNetV2 and MaxViT-T (224x224), a 4-layer
 transformers LLaMA (hidden 128) and wav2vec2-base (half a second of 16 kHz audio), e.g.
-``--models googlenet_eval,inception_v3_eval,shufflenet_v2_x1_0_eval,maxvit_t_eval,llama_eval,wav2vec2_eval``.
+``--models googlenet_eval,inception_v3_eval,shufflenet_v2_x1_0_eval,maxvit_t_eval,llama_eval,wav2vec2_eval``;
+torchvision MobileNetV2, MnasNet, RegNetY-400MF, SqueezeNet-1.1, EfficientNetV2-S, ResNeXt-50 and
+a recurrent model (Linear, 2-layer LSTM 256, bidirectional GRU 128, head on the last step; 32
+steps of 40 features), e.g. with torch's default exporter (``--exporter dynamo``, opset 18,
+inference exports only) into their own ``--out``:
+``export --exporter dynamo --image-size 128 --models mobilenet_v2_eval,mnasnet1_0_eval,regnet_y_400mf_eval,
+squeezenet1_1_eval,efficientnet_v2_s_eval,resnext50_32x4d_eval,lstm_gru_eval``.
 
 All models are randomly initialized (weights=None / pretrained=False / BertConfig): nothing is
 downloaded but packages. Export needs torch + torchvision + timm + transformers, which the
@@ -67,12 +73,17 @@ MODELS = {
     "maxvit_t": [("x", (3, 224, 224), "float32", None)],
     "llama": [("input_ids", (16,), "int64", 1000), ("attention_mask", (16,), "int64", None)],
     "wav2vec2": [("x", (8000,), "float32", None)],
+    "mobilenet_v2": IMG64, "mnasnet1_0": IMG64, "regnet_y_400mf": IMG64, "squeezenet1_1": IMG64,
+    "efficientnet_v2_s": IMG64, "resnext50_32x4d": IMG64,
+    "lstm_gru": [("x", (32, 40), "float32", None)],   # 32 steps of 40 features (a speech front end)
 }
 EXTERNAL_DATA = {"gpt2"}   # written with its weights in an external data file
 EVAL = "_eval"             # NAME_eval: the same model exported in inference mode (BN folded, no dropout)
 
 
 IMAGE_SIZE = None   # --image-size: every image model's input made S x S (the 64x64 defaults)
+EXPORTER = "torchscript"   # --exporter dynamo: torch.export-based (torch's default), inference exports
+OPSET = None        # --opset: 17 (torchscript) / 18 (dynamo) unless given
 
 
 def spec_of(name: str) -> list:
@@ -141,6 +152,21 @@ def build(name: str):
             def forward(self, x):
                 return self.encoder(x).last_hidden_state
         return Wav2Vec2()
+    if name == "lstm_gru":   # Linear, 2-layer LSTM, bidirectional GRU, Linear head on the last step
+
+        class Recurrent(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.embed = torch.nn.Linear(40, 128)
+                self.lstm = torch.nn.LSTM(128, 256, num_layers=2, batch_first=True)
+                self.gru = torch.nn.GRU(256, 128, batch_first=True, bidirectional=True)
+                self.head = torch.nn.Linear(256, NUM_CLASSES)
+
+            def forward(self, x):
+                y, _ = self.lstm(torch.relu(self.embed(x)))
+                y, _ = self.gru(y)
+                return self.head(y[:, -1])
+        return Recurrent()
     import torchvision
     if name in ("googlenet", "inception_v3"):
         return getattr(torchvision.models, name)(weights=None, num_classes=NUM_CLASSES, aux_logits=False,
@@ -166,9 +192,17 @@ def export_one(name: str, out: Path) -> dict:
     path = out / f"{name}.onnx"
     started = time.perf_counter()
     mode = torch.onnx.TrainingMode.EVAL if inference else torch.onnx.TrainingMode.TRAINING
-    torch.onnx.export(model, args, str(path), dynamo=False, opset_version=17, training=mode,
-                      do_constant_folding=inference, input_names=names, output_names=["logits"],
-                      dynamic_axes=dynamic)
+    if EXPORTER == "dynamo":   # torch's default exporter (torch.export), inference mode only
+        if not inference:
+            raise SystemExit("--exporter dynamo exports NAME_eval (inference mode) only")
+        batch = torch.export.Dim("batch")
+        torch.onnx.export(model, args, str(path), dynamo=True, opset_version=OPSET or 18, input_names=names,
+                          output_names=["logits"], dynamic_shapes=tuple({0: batch} for _ in names),
+                          external_data=False)
+    else:
+        torch.onnx.export(model, args, str(path), dynamo=False, opset_version=OPSET or 17, training=mode,
+                          do_constant_folding=inference, input_names=names, output_names=["logits"],
+                          dynamic_axes=dynamic)
     if name.removesuffix(EVAL) in EXTERNAL_DATA:
         import onnx
         exported = onnx.load(str(path))
@@ -223,6 +257,7 @@ def run_logged(cmd: list, log: Path, timeout: float) -> tuple[int | None, str, f
 def cmd_export(args):
     for name in args.models:
         size = ["--image-size", str(args.image_size)] if args.image_size else []
+        size += ["--exporter", args.exporter] + (["--opset", str(args.opset)] if args.opset else [])
         code, text, seconds = run_logged([args.export_python, __file__, "export-one", name, "--out", str(args.out)] + size,
                                          args.out / f"{name}.export.log", args.timeout)
         entry = {"step": "export", "model": name, "ok": code == 0, "seconds": round(seconds, 1)}
@@ -367,6 +402,8 @@ def main():
     one.add_argument("name", choices=sorted(MODELS) + sorted(m + EVAL for m in MODELS))
     one.add_argument("--out", type=Path, required=True)
     one.add_argument("--image-size", type=int, default=None)
+    one.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
+    one.add_argument("--opset", type=int, default=None)
     for command in ("all", "export", "nio", "wninit", "autoinit"):
         p = sub.add_parser(command)
         p.add_argument("--out", type=Path, default=Path("/tmp/fullsize"))
@@ -378,9 +415,12 @@ def main():
         p.add_argument("--timeout", type=float, default=900, help="seconds per model and step")
         p.add_argument("--image-size", type=int, default=None,
                        help="input size S x S for the CNNs that default to 64x64 (export step; use its own --out)")
+        p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript",
+                       help="dynamo: torch's default exporter, for NAME_eval models (use its own --out)")
+        p.add_argument("--opset", type=int, default=None, help="export opset (17 torchscript, 18 dynamo)")
     args = parser.parse_args()
-    global IMAGE_SIZE
-    IMAGE_SIZE = args.image_size
+    global IMAGE_SIZE, EXPORTER, OPSET
+    IMAGE_SIZE, EXPORTER, OPSET = args.image_size, args.exporter, args.opset
     if args.command == "export-one":
         os.environ.setdefault("OMP_NUM_THREADS", "2")
         print(json.dumps(export_one(args.name, args.out)))

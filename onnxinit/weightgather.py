@@ -24,6 +24,7 @@ from .weightview import FLOATS, VIEW_OPS
 
 GATHER_OPS = VIEW_OPS | {"Slice", "Concat", "Split", "Gather"}
 MAX_NODES = 64
+MAX_ELEMENTS = 1 << 24   # source elements numbered at most (the index is kept with the graph)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,8 @@ def detect(graph, name: str) -> GatheredView | None:
     if len(dtypes) != 1:
         return None
     sources = sorted(set(sources), key=sources.index)
+    if sum(int(np.prod(graph.weight_tensor(s).dims, dtype=np.int64)) for s in sources) > MAX_ELEMENTS:
+        return None
     values, offsets, start = {}, [], 0
     for source in sources:
         dims = tuple(int(d) for d in graph.weight_tensor(source).dims)
@@ -123,5 +126,7 @@ def detect(graph, name: str) -> GatheredView | None:
     index = values.get(name)
     if index is None or index.dtype.kind not in "iu" or np.unique(index).size != index.size:
         return None
+    if start < 2 ** 31:
+        index = index.astype(np.int32)   # kept while the graph lives: half the memory
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(dtypes.pop()))
     return GatheredView(name, tuple(sources), tuple(offsets), index, dtype)

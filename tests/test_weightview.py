@@ -104,3 +104,24 @@ def test_weight_assembled_from_pieces_is_read_and_written_through_them():
     assert abs(float(np.mean(w ** 2)) * 6 - 1.0) < 0.05   # Var(W) = 1 / fan_in for N(0, 1) input
     y = measure(new, ["y"], gaussian_feeds(new, 4096, np.random.default_rng(0)))["y"]
     assert 0.9 <= y[1] <= 1.1, y
+
+
+def test_two_weights_cut_from_one_tensor_are_both_drawn():
+    """Rows 0:3 and 3:6 of one tensor feed two layers (a packed projection sliced, as a training
+    export of nn.MultiheadAttention does): both are drawn; the second was taken for a weight
+    shared with the first and kept its exported values."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((6, 4)).astype(np.float32) * 3, "packed")] + \
+        [numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("s0", 0), ("s3", 3), ("s6", 6), ("ax", 0))]
+    nodes = [helper.make_node("Slice", ["packed", "s0", "s3", "ax"], ["first"]),
+             helper.make_node("Slice", ["packed", "s3", "s6", "ax"], ["second"]),
+             helper.make_node("Gemm", ["x", "first"], ["h1"], transB=1), helper.make_node("Relu", ["h1"], ["r"]),
+             helper.make_node("Gemm", ["x", "second"], ["h2"], transB=1), helper.make_node("Add", ["r", "h2"], ["y"])]
+    graph = helper.make_graph(nodes, "cut", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    new, report = onnxinit.autoinit(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                                    return_report=True)
+    assert len(report.layers) == 2 and not report.warnings, report.warnings
+    measured = measure(new, ["h1", "h2"], gaussian_feeds(new, 4096, np.random.default_rng(0)))
+    for name in ("h1", "h2"):
+        assert 0.8 <= measured[name][1] + measured[name][0] ** 2 <= 1.25, (name, measured[name])

@@ -96,6 +96,7 @@ class AutoInit:
         self.tied_scales = dict(tied_scales or {})
         self.tied_factors: dict[str, float] = {}
         self._embedded: set[str] = set()      # tables drawn by draw_embedding
+        self._taken: dict = {}                # source: mask of its elements written through weights cut from it
         self._prefetch = Prefetcher(list(planned) if distribution != "orthogonal" else [],
                                     lambda name, shape: centered_samples(seed, name, distribution, shape))
 
@@ -112,12 +113,39 @@ class AutoInit:
         return samples.reshape(layer.layout.canonical_shape)
 
     def _store(self, name: str, value: np.ndarray) -> None:
-        self.new_values.update([name] + self.graph.payload_names(name))
+        pieces = self._pieces(name)
+        if pieces is None:
+            self.new_values.update([name] + self.graph.payload_names(name))
+        else:   # a weight assembled from pieces: only those elements of its sources are taken
+            self.new_values.add(name)
+            for source, elements in pieces.items():
+                size = int(np.prod(self.graph.weight_tensor(source).dims, dtype=np.int64))
+                self._taken.setdefault(source, np.zeros(size, bool))[elements] = True
         self.graph.replace_payload(name, value)
 
+    def _pieces(self, name: str):
+        """{source: element numbers} of a weight assembled from pieces of weights (weightgather.py),
+        None for any other weight."""
+        view = self.graph.weight_view(name) if self.graph.weight_tensor(name) is None else None
+        if view is None or not hasattr(view, "offsets"):
+            return None
+        index = view.index.reshape(-1).astype(np.int64)
+        pieces = {}
+        for source, start in zip(view.sources, view.offsets):
+            size = int(np.prod(self.graph.weight_tensor(source).dims, dtype=np.int64))
+            pieces[source] = index[(index >= start) & (index < start + size)] - start
+        return pieces
+
     def _written(self, name: str) -> bool:
-        """Has this weight, or a tensor its payload lives in, been written already?"""
-        return any(n in self.new_values for n in [name] + self.graph.payload_names(name))
+        """Has this weight, or a tensor its payload lives in, been written already? Two weights
+        cut from one tensor (the query and key rows of a packed projection) are written apart."""
+        if name in self.new_values:
+            return True
+        pieces = self._pieces(name)
+        if pieces is not None:
+            return any(source in self.new_values or (source in self._taken and self._taken[source][elements].any())
+                       for source, elements in pieces.items())
+        return any(n in self.new_values or n in self._taken for n in self.graph.payload_names(name))
 
     def draw_weighted(self, layer, ctx) -> None:
         if self._written(layer.weight):

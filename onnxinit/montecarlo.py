@@ -93,6 +93,21 @@ def _run_ort(node, feeds, graph):
     return session.run(None, {k: v for k, v in feeds.items() if k in {i.name for i in inputs}})
 
 
+def run_alone(node, feeds: dict, graph) -> tuple[list, str]:
+    """(outputs, engine) of ``node`` run alone on ``feeds``: ONNX Runtime when it is installed and
+    runs it, else onnx.reference; Unsupported when neither does."""
+    try:
+        values = _run_ort(node, feeds, graph)
+    except Exception:  # noqa: BLE001 - ORT cannot run it alone: try the reference
+        values = None
+    if values is not None:
+        return values, "onnxruntime"
+    try:
+        return run_node(node, [feeds.get(n) if n else None for n in node.input], graph.opsets), "onnx.reference"
+    except Exception as exc:  # noqa: BLE001
+        raise Unsupported(f"nothing could execute it ({exc.__class__.__name__})") from exc
+
+
 def _is_row_softmax(node, ctx) -> bool:
     rank = ctx.rank(node.input[0])
     return rank is not None and rank >= 3 and softmax_on_last_axis(node, ctx)
@@ -136,17 +151,7 @@ def monte_carlo(node, ctx) -> str:
             if value is None:
                 raise Unsupported(f"input {name!r} is neither signal nor a known constant")
             feeds[name] = value
-    engine = "onnxruntime"
-    try:
-        values = _run_ort(node, feeds, graph)
-    except Exception:  # noqa: BLE001 - ORT cannot run it alone: try the reference
-        values = None
-    if values is None:
-        engine = "onnx.reference"
-        try:
-            values = run_node(node, [feeds.get(n) if n else None for n in node.input], graph.opsets)
-        except Exception as exc:  # noqa: BLE001
-            raise Unsupported(f"nothing could execute it ({exc.__class__.__name__})") from exc
+    values, engine = run_alone(node, feeds, graph)
     if _is_row_softmax(node, ctx) and node.input[0] in drawn and "element" in drawn[node.input[0]]:
         parts = drawn[node.input[0]]
         ctx.softmax_tilt[node.output[0]] = softmax_tilt(feeds[node.input[0]].astype(np.float64), parts["element"],

@@ -132,18 +132,8 @@ def _feeds(node, ctx, weights: dict, layout: int, rng, upstream=None):
 
 
 def _run(node, feeds, ctx):
-    from ..montecarlo import _run_ort
-    from ..op_eval import run_node
-    try:
-        values = _run_ort(node, feeds, ctx.graph)
-    except Exception:  # noqa: BLE001 - ORT cannot run it alone: the reference can
-        values = None
-    if values is None:
-        try:
-            values = run_node(node, [feeds.get(n) if n else None for n in node.input], ctx.graph.opsets)
-        except Exception as exc:  # noqa: BLE001
-            raise Unsupported(f"nothing could execute it ({exc.__class__.__name__})") from exc
-    return [np.asarray(v, np.float64) for v in values]
+    from ..montecarlo import run_alone
+    return [np.asarray(v, np.float64) for v in run_alone(node, feeds, ctx.graph)[0]]
 
 
 def _pre_activation_variance(x: np.ndarray, y: np.ndarray, w: np.ndarray, r: np.ndarray, layout: int,

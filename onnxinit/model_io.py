@@ -155,10 +155,13 @@ def deferred_array(tensor: onnx.TensorProto):
 
 
 def set_inline(tensor: onnx.TensorProto, raw: bytes) -> None:
-    """Give ``tensor`` this payload in raw_data, dropping any other payload field or reference."""
+    """Give ``tensor`` this payload in raw_data, dropping any other payload field or reference.
+    A tensor that was inline keeps its data_location field as it was (set or not): its bytes
+    then change in the payload only."""
     for f in ("float_data", "double_data", "int32_data", "int64_data", "raw_data", "external_data"):
         tensor.ClearField(f)
-    tensor.data_location = onnx.TensorProto.DEFAULT
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        tensor.ClearField("data_location")
     tensor.raw_data = raw
 
 

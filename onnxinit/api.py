@@ -17,6 +17,7 @@ from .rules import RuleTable
 from .kinds.common import attributes
 from .kinds.weighted import weight_layout
 from .schemes.autoinit import AutoInit, sample_shape
+from .untie import untie_uniform_weights
 
 __all__ = ["autoinit", "load_model", "save_model"]
 
@@ -133,6 +134,7 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
     for _ in range(TIED_PASSES):
         model, source = _as_model(model_or_path, lazy=spill is not None)
         check_sizes(model, sizes)
+        untied = untie_uniform_weights(model, table)
         graph = Graph(model, sizes)
         graph.spill = spill
         if not any(graph.is_weight(t.name) for t in model.graph.initializer) and not graph.constant_nodes:
@@ -166,7 +168,7 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
                  "residual": residual, "mode": mode, "dims": taken_sizes(model, sizes),
                  "rules": [str(r) for r in rules]},
         layers=result.layers, kinds_used=result.kinds_used, fallbacks=result.fallbacks,
-        warnings=result.warnings, structural_changes=result.structural_changes,
+        warnings=result.warnings, structural_changes=untied + result.structural_changes,
         output_moments={o: result.moments[o] for o in graph.outputs if o in result.moments},
         seconds=time.perf_counter() - start)
     if result.embeddings:

@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from .api import _as_model, record_provenance, single_threaded_blas
+from .untie import untie_uniform_weights
 from .errors import OnnxInitError
 from .graph import Graph
 from .layers import embedding_tables, normalization_params, weighted_layers
@@ -66,8 +67,9 @@ def init(model_or_path, scheme: str = "he-normal", seed: int = 0, gain: str = "s
     if gain not in ("scheme", "auto"):
         raise OnnxInitError(f"gain must be 'scheme' or 'auto', not {gain!r}")
     model, source = _as_model(model_or_path)
-    graph = Graph(model)
     table = RuleTable(rules)
+    untied = untie_uniform_weights(model, table)
+    graph = Graph(model)
     draws = draw_all(graph, table, ClassicScheme(scheme, seed, gain))
     if not any(d.role in ("weight", "embedding") for d in draws):
         raise OnnxInitError(f"{source}: found no weighted layer with a float weight to initialize")
@@ -79,7 +81,7 @@ def init(model_or_path, scheme: str = "he-normal", seed: int = 0, gain: str = "s
         options={"scheme": scheme, "gain": gain, "input_mean": input_mean, "input_var": input_var,
                  "rules": [str(r) for r in rules]},
         layers=result.layers, kinds_used=result.kinds_used, fallbacks=result.fallbacks,
-        warnings=result.warnings, structural_changes=[],
+        warnings=result.warnings, structural_changes=untied,
         output_moments={o: result.moments[o] for o in graph.outputs if o in result.moments},
         seconds=time.perf_counter() - start)
     report.extra["draws"] = [d.as_dict() for d in draws]

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from .api import _as_model, record_provenance
+from .untie import untie_uniform_weights
 from .classic import draw_all
 from .empirical import _session
 from .errors import OnnxInitError
@@ -41,6 +42,7 @@ def lsuv(model_or_path, data, seed: int = 0, tol: float = TOLERANCE, max_iters: 
     source_model, source = _as_model(model_or_path)
     table = RuleTable(rules)
     model = source_model
+    untied = untie_uniform_weights(model, table)
     graph = Graph(model)
     draw_all(graph, table, ClassicScheme("orthogonal", seed))
     layers = weighted_layers(graph, table)
@@ -91,7 +93,7 @@ def lsuv(model_or_path, data, seed: int = 0, tol: float = TOLERANCE, max_iters: 
                     options={"tol": tol, "max_iters": max_iters, "batch": batch, "data": str(data),
                              "rules": [str(r) for r in rules]},
                     layers=result.layers, kinds_used=result.kinds_used, fallbacks=result.fallbacks,
-                    warnings=warnings + result.warnings, structural_changes=[],
+                    warnings=warnings + result.warnings, structural_changes=untied,
                     output_moments={o: result.moments[o] for o in graph.outputs if o in result.moments},
                     seconds=time.perf_counter() - start)
     report.extra["lsuv"] = records

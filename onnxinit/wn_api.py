@@ -17,6 +17,7 @@ import numpy as np
 
 from . import __version__
 from .api import _as_model, record_provenance, single_threaded_blas
+from .untie import untie_uniform_weights
 from .errors import OnnxInitError
 from .graph import Graph
 from .patterns import NORMALIZATIONS, find_structure
@@ -124,11 +125,13 @@ def wninit(model_or_path, seed: int = 0, direction: str = "forward", return_repo
     if direction not in DIRECTIONS:
         raise OnnxInitError(f"direction must be forward or backward, not {direction!r}")
     model, source = _as_model(model_or_path)
+    table = RuleTable(rules)
+    untied = untie_uniform_weights(model, table)
     graph = Graph(model)
-    structure = find_structure(graph, RuleTable(rules))
+    structure = find_structure(graph, table)
     if not structure.layers:
         raise OnnxInitError(f"{source}: found no weighted layer with a float weight to initialize")
-    warnings = list(structure.skipped)
+    warnings = [f"changed: {line}" for line in untied] + list(structure.skipped)
     if not structure.blocks:
         warnings.append("no residual block found: every layer gets the feed-forward rule "
                         "(γ = 2 before a rectifier, 1 otherwise)")

@@ -334,6 +334,17 @@ class PreActBottleneckResNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+def zero_init_last_resnet():
+    """ResNet-20 with BatchNorm whose last BN scale in each block starts at 0 (timm's zero_init_last,
+    torchvision's zero_init_residual), exported for inference: the BNs fold into the convs, each
+    block's second conv weight is then all zeros, and torch.onnx keeps one tensor per shape, read
+    by the blocks of a stage through Identity nodes."""
+    model = CifarResNet(norm=True)
+    for block in model.blocks:
+        nn.init.zeros_(block.bn2.weight)
+    return model, (3, 32, 32)
+
+
 def densenet_block():
     return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), DenseBlock(), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(48, 10)), (3, 32, 32)
@@ -347,6 +358,7 @@ SAMPLES = {
     "cnn_swish": (swish_cnn, True),
     "resnet20_nobn": (lambda: (CifarResNet(norm=False), (3, 32, 32)), False),
     "resnet20_bn_train": (lambda: (CifarResNet(norm=True), (3, 32, 32)), True),
+    "resnet20_zero_init": (zero_init_last_resnet, False),
     "bert_tiny": (lambda: (TinyBert(), (16,), 1000), False),
     "gpt_tiny": (lambda: (TinyGpt(), (16,), 1000), False),
     # 4 blocks, training mode without constant folding: Linear weights reach MatMul through Transpose

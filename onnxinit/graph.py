@@ -222,8 +222,11 @@ class Graph:
     def weight_norm(self, name: str):
         """The weight-norm subgraph computing ``name`` (w = g·v/‖v‖, weightnorm.py), or None."""
         if name not in self._weight_norms:
-            from .weightnorm import detect
-            self._weight_norms[name] = detect(self, name) if name in self.producer else None
+            from . import weightnorm, weightstd
+            found = weightnorm.detect(self, name) if name in self.producer else None
+            if found is None and name in self.producer:
+                found = weightstd.detect(self, name)
+            self._weight_norms[name] = found
         return self._weight_norms[name]
 
     def linear_source(self, name: str) -> str | None:
@@ -259,6 +262,8 @@ class Graph:
             node = self.constant_nodes.get(name)
             if node is None:
                 view = self.weight_view(name) if name in self.producer else None
+                if view is None and name in self.producer:
+                    view = self.weight_norm(name)   # a weight norm or standardization
                 return None if view is None else view.evaluate(self)
             from .op_eval import run_node
             try:
@@ -405,7 +410,22 @@ def _bound(light: onnx.ModelProto, sizes: dict | None = None) -> onnx.ModelProto
 
 
 def _light_model(model) -> onnx.ModelProto:
-    """A model for shape inference: large float initializers as typed inputs."""
+    """A model for shape inference: large float initializers as typed inputs, and an Identity of a
+    small initializer replaced by a copy of it (torch.onnx reads a merged initializer, a Reshape's
+    target shape among them, through an Identity, which shape inference does not see through)."""
     large = {t.name for t in model.graph.initializer
              if t.data_type in FLOAT_TYPES and (int(np.prod(t.dims)) if t.dims else 1) > LIGHT_LIMIT}
-    return model_shell(model, large)
+    light = model_shell(model, large)
+    small = {t.name: t for t in light.graph.initializer}
+    kept = []
+    for node in light.graph.node:
+        if node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.input[0] in small:
+            copy = light.graph.initializer.add()
+            copy.CopyFrom(small[node.input[0]])
+            copy.name = node.output[0]
+        else:
+            kept.append(node)
+    if len(kept) != len(light.graph.node):
+        del light.graph.node[:]
+        light.graph.node.extend(kept)
+    return light

@@ -5,9 +5,12 @@ conv whose BatchNorm scale starts at 0 (timm's ``zero_init_last``) exports, Batc
 in, with an all-zero weight, and every such conv of one shape then reads the same tensor:
 AutoInit can draw it only once, for the first of them (a RegNetZ-B16 export: 37 of 113
 layers in band, output variance 2e8). A tensor whose elements are all equal carries no
-learned value, so sharing it is the exporter's doing, not the model's: each weighted layer
-after the first that reads one gets a copy of its own (``<name>_onnxinit_untied_<k>``), which
-the scheme then draws. Weights shared with distinct values (ALBERT's layers) stay shared.
+learned value, so sharing it is the exporter's doing, not the model's: when a layer draws it
+(a weighted layer's weight, a weight standardization's gain: weightstd.py), each node after
+the first that reads it gets a copy of its own (``<name>_onnxinit_untied_<k>``), which the
+scheme then draws. (An NFNet export reads the gain of one standardized conv, all 1/sqrt(fan-in),
+from the tensor that is another conv's bias.) Weights shared with distinct values (ALBERT's
+layers) stay shared.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from onnx import numpy_helper
 from .graph import FLOAT_TYPES
 from .model_io import is_deferred
 from .rules import RuleTable
+from .weightstd import PERMUTE_OPS
 
 
 def _initializer_read(node, index, initializers, producers):
@@ -52,27 +56,54 @@ def _all_equal(tensor: onnx.TensorProto) -> bool:
     return value.size > 1 and bool(np.all(value == value.reshape(-1)[0]))
 
 
+def _standardization_gain(node, initializers, producers):
+    """For a BatchNormalization in training mode over a weight (weight standardization,
+    weightstd.py): the initializer behind its scale input; else None."""
+    if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+        return None
+    if not any(a.name == "training_mode" and a.i for a in node.attribute):
+        return None
+    name = node.input[0]
+    while name not in initializers:
+        producer = producers.get(name)
+        if producer is None or producer.op_type not in PERMUTE_OPS or producer.domain not in ("", "ai.onnx"):
+            return None
+        name = producer.input[0]
+    found = _initializer_read(node, 1, initializers, producers)
+    return None if found is None else found[0]
+
+
 def untie_uniform_weights(model: onnx.ModelProto, table: RuleTable) -> list[str]:
-    """Give each weighted layer after the first its own copy of an all-equal weight that
-    several of them read; returns one line per tensor untied (the summary's structural changes)."""
+    """Give every reader after the first of an all-equal initializer that some layer draws (a
+    weighted layer's weight, a weight standardization's gain) a copy of its own; returns one
+    line per tensor untied (the summary's structural changes)."""
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output if out}
-    uses: dict[str, list] = {}
+    readers: dict[str, list] = {}
+    drawn = set()
     for node in graph.node:
+        if node.op_type != "Identity":
+            for i in range(len(node.input)):
+                found = _initializer_read(node, i, initializers, producers)
+                if found is not None and found[1] not in readers.setdefault(found[0], []):
+                    readers[found[0]].append(found[1])
         rule = table.lookup(node)
-        if rule is None or rule.kind != "weighted":
-            continue
-        found = _weight_read(node, rule, initializers, producers)
-        if found is not None and found[1] not in uses.get(found[0], []):
-            uses.setdefault(found[0], []).append(found[1])
+        if rule is not None and rule.kind == "weighted":
+            found = _weight_read(node, rule, initializers, producers)
+            if found is not None:
+                drawn.add(found[0])
+        gain = _standardization_gain(node, initializers, producers)
+        if gain is not None:
+            drawn.add(gain)
     taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output} | \
         {i.name for i in graph.input}
     changes = []
-    for name, readers in uses.items():
-        if len(readers) < 2 or not _all_equal(initializers[name]):
+    for name in sorted(drawn, key=list(initializers).index):
+        users = readers.get(name, [])
+        if len(users) < 2 or initializers[name].data_type not in FLOAT_TYPES or not _all_equal(initializers[name]):
             continue
-        for k, (node, index) in enumerate(readers[1:], 1):
+        for k, (node, index) in enumerate(users[1:], 1):
             copy_name = f"{name}_onnxinit_untied_{k}"
             while copy_name in taken:
                 copy_name += "_"
@@ -86,6 +117,6 @@ def untie_uniform_weights(model: onnx.ModelProto, table: RuleTable) -> list[str]
                 entry = graph.input.add()
                 entry.CopyFrom(listed)
                 entry.name = copy_name
-        changes.append(f"weight {name!r} (all elements equal) was read by {len(readers)} layers, merged by "
-                       f"the exporter: each layer after the first reads a copy of its own")
+        changes.append(f"{name!r} (all elements equal) was read by {len(users)} nodes, merged by the "
+                       f"exporter: each after the first reads a copy of its own")
     return changes

@@ -15,6 +15,7 @@ import numpy as np
 from .kinds.common import Unsupported
 from .signal import EDGE, Sites, edge_sites
 
+FULL_SITES = 256   # an axis whose every input coordinate is its own site keeps that many output sites
 MAX_EDGE = 32   # a window reaching further into the padding than this is refused (unless every
                 # output position fits in 2 * MAX_EDGE + 1 sites: then each is its own site)
 
@@ -127,6 +128,9 @@ def window(attrs, kernel, in_sites, lengths, ceil_mode: bool = False, max_sites:
             valid.append(np.ones((k, 1), bool))
         else:
             out = edge_sites(out_len, max(band, first_full, n_end))
+            if sites is not None and sites.size == size and 2 < out_len <= min(max_sites or FULL_SITES, FULL_SITES):
+                out = Sites.full(out_len)   # every input coordinate its own site (channels laid out as
+                                            # positions, ECA's conv): no interior to pool
             coords = out.coords[None, :] * s + np.arange(k)[:, None] * d - pb
             ok = (coords >= 0) & (coords < size)
             clipped = np.clip(coords, 0, size - 1)

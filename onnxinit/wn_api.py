@@ -98,8 +98,8 @@ def _reset_normalization(graph: Graph, done: set) -> list:
     """Scale 1, shift 0, running mean 0, running variance 1 on every normalization layer."""
     reset = []
     for node in graph.nodes:
-        if node.op_type not in NORMALIZATIONS:
-            continue
+        if node.op_type not in NORMALIZATIONS or node.input[0] not in graph.signal_tensors:
+            continue   # a BatchNormalization over a weight is a weight standardization's (weightstd.py)
         for index, fill in NORMALIZATION_FILLS:
             name = node.input[index] if index < len(node.input) else ""
             if name and name not in done and graph.is_weight(name) and graph.weight_shape(name) is not None:

@@ -345,6 +345,56 @@ def zero_init_last_resnet():
     return model, (3, 32, 32)
 
 
+class ScaledStdConv2d(nn.Conv2d):
+    """timm's ScaledStdConv2d (NFNets): each output unit's weights are standardized in the forward
+    pass (F.batch_norm over the weight), then scaled by a learned gain and fan_in^-1/2."""
+
+    def __init__(self, c_in, c_out, k, stride=1, eps=1e-6):
+        super().__init__(c_in, c_out, k, stride, padding=k // 2)
+        self.gain = nn.Parameter(torch.ones(c_out, 1, 1, 1))
+        self.scale = self.weight[0].numel() ** -0.5
+        self.eps = eps
+
+    def forward(self, x):
+        w = nn.functional.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                                     weight=(self.gain * self.scale).reshape(-1), training=True, momentum=0.0,
+                                     eps=self.eps).reshape_as(self.weight)
+        return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class Eca(nn.Module):
+    """Efficient channel attention (timm's EcaModule): a conv along the channels of the pooled map."""
+
+    def __init__(self, k=3):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
+
+    def forward(self, x):
+        y = x.mean((2, 3)).view(x.shape[0], 1, -1)
+        y = torch.sigmoid(self.conv(y)).view(x.shape[0], -1, 1, 1)
+        return x * y.expand_as(x)
+
+
+class NfBlock(nn.Module):
+    def __init__(self, dim, alpha=0.2):
+        super().__init__()
+        self.conv1 = ScaledStdConv2d(dim, dim // 2, 1)
+        self.conv2 = ScaledStdConv2d(dim // 2, dim // 2, 3)
+        self.eca = Eca()
+        self.conv3 = ScaledStdConv2d(dim // 2, dim, 1)
+        self.alpha = alpha
+
+    def forward(self, x):
+        y = self.conv2(nn.functional.gelu(self.conv1(nn.functional.gelu(x))))
+        return x + self.alpha * self.conv3(self.eca(nn.functional.gelu(y)))
+
+
+def nf_eca_net():
+    """A small NFNet (no normalization layer): standardized-weight convs, GELU, ECA gates."""
+    return nn.Sequential(ScaledStdConv2d(3, 32, 3, stride=2), NfBlock(32), NfBlock(32), NfBlock(32),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)), (3, 32, 32)
+
+
 def densenet_block():
     return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), DenseBlock(), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(48, 10)), (3, 32, 32)
@@ -359,6 +409,8 @@ SAMPLES = {
     "resnet20_nobn": (lambda: (CifarResNet(norm=False), (3, 32, 32)), False),
     "resnet20_bn_train": (lambda: (CifarResNet(norm=True), (3, 32, 32)), True),
     "resnet20_zero_init": (zero_init_last_resnet, False),
+    # weight standardization in the graph: Reshape -> BatchNormalization(training_mode=1) -> Reshape
+    "nfnet_eca": (nf_eca_net, False),
     "bert_tiny": (lambda: (TinyBert(), (16,), 1000), False),
     "gpt_tiny": (lambda: (TinyGpt(), (16,), 1000), False),
     # 4 blocks, training mode without constant folding: Linear weights reach MatMul through Transpose

@@ -163,8 +163,13 @@ def weight_layout(node, rule, weight_shape, weight_index, attrs) -> Layout:
                   trans_b=bool(attrs.get("transB", 0)), weight_first=(weight_index == 0))
 
 
-def _per_channel(array: np.ndarray, axis: int, channels: int) -> np.ndarray:
-    """Broadcast a site array's channel axis (size 1 or ``channels``) to ``channels``; move it first."""
+def _per_channel(array: np.ndarray, axis: int, channels: int, sites=None) -> np.ndarray:
+    """Broadcast a site array's channel axis (size 1 or ``channels``) to ``channels``; move it first.
+    ``sites``: the signal's Sites on that axis; classes of channels (a gate computed by a conv
+    along the channel axis, as ECA's, keeps its border channels apart and pools the rest) are
+    spelled out to one entry per channel."""
+    if sites is not None and sites.size not in (1, channels) and sites.length == channels:
+        array = np.take(array, sites.index_of(np.arange(channels)), axis=axis)
     array = np.moveaxis(array, axis, 0)
     if array.shape[0] == channels:
         return array
@@ -217,7 +222,7 @@ def _conv_inputs(node, layout, x, ctx, attrs):
         raise OnnxInitError(f"{node.op_type} {node.name or node.output[0]!r}: its input has {dims[1]} channels, "
                             f"its weight expects {channels} ({layout.canonical_shape[1]} per group x "
                             f"{layout.group_count} groups): not a valid model")
-    stats = [_per_channel(a[0], 0, channels) for a in (mean, shared, within)]
+    stats = [_per_channel(a[0], 0, channels, sig.axes[1]) for a in (mean, shared, within)]
     kernel = list(attrs.get("kernel_shape", layout.shape[2:]))
     if kernel != list(layout.shape[2:]):
         raise Unsupported(f"kernel_shape {kernel} does not match the weight's {list(layout.shape[2:])}")
@@ -326,7 +331,7 @@ def _dense_inputs(layout, x, ctx, out):
     rest_axes = sig.axes[:axis] + sig.axes[axis + 1:]
     stats = []
     for a in (mean, shared, var - shared):
-        moved = _per_channel(a, axis, channels)
+        moved = _per_channel(a, axis, channels, sig.axes[axis])
         stats.append(moved.reshape(channels, 1, -1).astype(np.float32))
     weights = np.broadcast_to(np.moveaxis(sig.site_weights(), axis, 0)[0:1], (1,) + moved.shape[1:]).reshape(-1)
     out_rank = ctx.rank(out) or sig.rank

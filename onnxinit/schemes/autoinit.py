@@ -25,6 +25,9 @@ from ..distributions import SAMPLERS
 from ..prefetch import Prefetcher
 
 
+DEGENERATE = 1e-4   # realized E[y^2] below this share of the fan-in's: the statistics, not the weights, are off
+
+
 def tensor_rng(seed: int, name: str) -> np.random.Generator:
     """A generator per tensor, from the seed and the tensor's name: independent of visit order."""
     digest = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
@@ -164,11 +167,19 @@ class AutoInit:
         c = self._samples(layer)
         if self.distribution != "orthogonal" and c.shape[0] == layer.layout.group_count:
             project_out_mean(c, layer.layout, layer.mean_direction())
+        standardized = self.graph.weight_norm(layer.weight) if self.graph.weight_tensor(layer.weight) is None \
+            and self.graph.weight_view(layer.weight) is None else None
+        if getattr(standardized, "row_centered", False):   # the graph removes each unit's mean itself
+            c = layer.layout.to_canonical(standardized.center(layer.layout.from_canonical(c)))
         realized = layer.realized_second_moment(c)
-        if np.isfinite(realized) and realized > 0:
+        ms = mean_square(c)
+        nominal = ms / target    # E[y^2] for inputs independent of each other, as many as the fan-in
+        if np.isfinite(realized) and realized > DEGENERATE * nominal:
             factor = 1.0 / np.sqrt(realized)
         else:
-            ms = mean_square(c)
+            if np.isfinite(realized) and realized > 0:
+                ctx.warn(f"{layer.node.name or layer.node.op_type}: these weights would output E[y^2] = "
+                         f"{realized:.3g} of the {nominal:.3g} the fan-in gives; drawn for the fan-in")
             factor = np.sqrt(target / ms) if ms > 0 else 1.0
         c *= np.float32(factor)
         layer.rescale_stats(factor)

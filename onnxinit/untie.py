@@ -73,37 +73,77 @@ def _standardization_gain(node, initializers, producers):
     return None if found is None else found[0]
 
 
+FILLS = {"one": 1.0, "zero": 0.0}
+
+
+def _role(node, index: int, rule, weight_index, gain_index) -> str:
+    """What a scheme does to input ``index`` of ``node``: "drawn" (a weighted layer's weight, a
+    weight standardization's gain: values of its own), "one" / "zero" (a normalization's scale /
+    shift, a layer's bias: filled), or "other" (left as it is)."""
+    if index in (weight_index, gain_index):
+        return "drawn"
+    if rule is None:
+        return "other"
+    if rule.kind == "weighted":
+        return "zero" if index == rule.get("bias") else "other"
+    if rule.kind == "batchnorm":
+        return {rule.get("scale"): "one", rule.get("bias"): "zero"}.get(index, "other")
+    if rule.kind in ("layernorm", "group_norm"):
+        return {1: "one", 2: "zero"}.get(index, "other")
+    return "other"
+
+
+def _groups(readers, value: float) -> list:
+    """Readers that may share one tensor: each drawn reader alone, the others by role (a fill
+    equal to the tensor's value changes nothing: such readers go with the ones left alone)."""
+    groups: dict = {}
+    for k, (point, role) in enumerate(readers):
+        if role in FILLS and FILLS[role] == value:
+            role = "other"
+        key = ("drawn", k) if role == "drawn" else role
+        groups.setdefault(key, []).append(point)
+    return list(groups.values())
+
+
 def untie_uniform_weights(model: onnx.ModelProto, table: RuleTable) -> list[str]:
-    """Give every reader after the first of an all-equal initializer that some layer draws (a
-    weighted layer's weight, a weight standardization's gain) a copy of its own; returns one
-    line per tensor untied (the summary's structural changes)."""
+    """Split an all-equal initializer among its readers where a scheme would write them apart
+    (see _role and _groups): the group of its first reader keeps it, every other group reads a
+    copy. Returns one line per tensor split (the summary's structural changes)."""
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output if out}
     readers: dict[str, list] = {}
-    drawn = set()
     for node in graph.node:
-        if node.op_type != "Identity":
-            for i in range(len(node.input)):
-                found = _initializer_read(node, i, initializers, producers)
-                if found is not None and found[1] not in readers.setdefault(found[0], []):
-                    readers[found[0]].append(found[1])
+        if node.op_type == "Identity":
+            continue
         rule = table.lookup(node)
-        if rule is not None and rule.kind == "weighted":
-            found = _weight_read(node, rule, initializers, producers)
-            if found is not None:
-                drawn.add(found[0])
-        gain = _standardization_gain(node, initializers, producers)
-        if gain is not None:
-            drawn.add(gain)
+        weight = _weight_read(node, rule, initializers, producers) if rule is not None and rule.kind == "weighted" \
+            else None
+        weight_index = next((i for i in range(len(node.input)) if weight is not None and
+                             _initializer_read(node, i, initializers, producers) == weight), None)
+        gain_index = 1 if _standardization_gain(node, initializers, producers) is not None else None
+        if gain_index is not None:
+            rule = None   # not a normalization of the signal
+        for i in range(len(node.input)):
+            found = _initializer_read(node, i, initializers, producers)
+            if found is None or initializers[found[0]].data_type not in FLOAT_TYPES:
+                continue
+            entry = (found[1], _role(node, i, rule, weight_index, gain_index))
+            points = [p for p, _ in readers.get(found[0], [])]
+            if found[1] not in points:
+                readers.setdefault(found[0], []).append(entry)
     taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output} | \
         {i.name for i in graph.input}
     changes = []
-    for name in sorted(drawn, key=list(initializers).index):
-        users = readers.get(name, [])
-        if len(users) < 2 or initializers[name].data_type not in FLOAT_TYPES or not _all_equal(initializers[name]):
+    for name, users in readers.items():
+        if len(users) < 2 or not any(role != "other" for _, role in users) or not _all_equal(initializers[name]):
             continue
-        for k, (node, index) in enumerate(users[1:], 1):
+        value = float(numpy_helper.to_array(initializers[name]).reshape(-1)[0])
+        groups = _groups(users, value)
+        if len(groups) < 2:
+            continue
+        keeper = next(g for g in groups if users[0][0] in g)
+        for k, group in enumerate([g for g in groups if g is not keeper], 1):
             copy_name = f"{name}_onnxinit_untied_{k}"
             while copy_name in taken:
                 copy_name += "_"
@@ -111,12 +151,14 @@ def untie_uniform_weights(model: onnx.ModelProto, table: RuleTable) -> list[str]
             copy = graph.initializer.add()
             copy.CopyFrom(initializers[name])
             copy.name = copy_name
-            node.input[index] = copy_name
+            for node, index in group:
+                node.input[index] = copy_name
             listed = next((i for i in graph.input if i.name == name), None)
             if listed is not None:   # IR < 4 lists initializers among the inputs: so is the copy
                 entry = graph.input.add()
                 entry.CopyFrom(listed)
                 entry.name = copy_name
         changes.append(f"{name!r} (all elements equal) was read by {len(users)} nodes, merged by the "
-                       f"exporter: each after the first reads a copy of its own")
+                       f"exporter: split into {len(groups)} tensors, one per layer it is drawn for or "
+                       f"per value it is set to")
     return changes

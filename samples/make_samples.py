@@ -395,6 +395,52 @@ def nf_eca_net():
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)), (3, 32, 32)
 
 
+class LinearNorm(nn.Module):
+    """LeViT's Linear + BatchNorm1d over the tokens flattened into rows; the BN scale of a
+    residual branch's last one starts at 0."""
+
+    def __init__(self, c_in, c_out, bn_weight_init=1.0):
+        super().__init__()
+        self.linear = nn.Linear(c_in, c_out, bias=False)
+        self.bn = nn.BatchNorm1d(c_out)
+        nn.init.constant_(self.bn.weight, bn_weight_init)
+
+    def forward(self, x):
+        return self.bn(self.linear(x).flatten(0, 1)).reshape_as(x) if x.shape[-1] == self.linear.out_features \
+            else self.bn(self.linear(x).flatten(0, 1)).reshape(x.shape[0], x.shape[1], -1)
+
+
+class LevitBlock(nn.Module):
+    def __init__(self, dim=32, heads=2, key_dim=8):
+        super().__init__()
+        self.heads, self.key_dim = heads, key_dim
+        self.qkv = LinearNorm(dim, heads * key_dim * 3)
+        self.proj = nn.Sequential(nn.Hardswish(), LinearNorm(heads * key_dim, dim, bn_weight_init=0.0))
+        self.mlp = nn.Sequential(LinearNorm(dim, 2 * dim), nn.Hardswish(), LinearNorm(2 * dim, dim, bn_weight_init=0.0))
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, self.heads, -1).split([self.key_dim] * 3, dim=3)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        attn = (q @ k.transpose(-2, -1) * self.key_dim ** -0.5).softmax(dim=-1)
+        x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
+        return x + self.mlp(x)
+
+
+class TinyLevit(nn.Module):
+    """A LeViT-style block: conv stem, tokens, attention and MLP of LinearNorm layers."""
+
+    def __init__(self, dim=32):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, dim, 3, 2, 1), nn.BatchNorm2d(dim), nn.Hardswish())
+        self.blocks = nn.Sequential(LevitBlock(dim))
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        x = self.stem(x).flatten(2).transpose(1, 2)
+        return self.head(self.blocks(x).mean(1))
+
+
 def densenet_block():
     return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), DenseBlock(), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(48, 10)), (3, 32, 32)
@@ -411,6 +457,8 @@ SAMPLES = {
     "resnet20_zero_init": (zero_init_last_resnet, False),
     # weight standardization in the graph: Reshape -> BatchNormalization(training_mode=1) -> Reshape
     "nfnet_eca": (nf_eca_net, False),
+    # BatchNorm1d over tokens flattened into rows (not folded), zero-init BN scales merged by torch.onnx
+    "levit_block": (lambda: (TinyLevit(), (3, 16, 16)), False),
     "bert_tiny": (lambda: (TinyBert(), (16,), 1000), False),
     "gpt_tiny": (lambda: (TinyGpt(), (16,), 1000), False),
     # 4 blocks, training mode without constant folding: Linear weights reach MatMul through Transpose

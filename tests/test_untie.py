@@ -8,6 +8,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxinit
+from onnxinit.graph import Graph
+from onnxinit.inspect import inspect_model
 from onnxinit.measure import gaussian_feeds, measure
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "resnet20_zero_init.onnx"
@@ -33,7 +35,7 @@ def test_merged_zero_weights_are_drawn_per_layer():
     model, report = onnxinit.autoinit(SAMPLE, seed=3, return_report=True)
     sources = _weight_sources(model)
     assert len(set(sources.values())) == len(sources)
-    assert len(report.structural_changes) == 3 and all("copy of its own" in c for c in report.structural_changes)
+    assert len(report.structural_changes) == 3 and all("split into 3 tensors" in c for c in report.structural_changes)
     onnx.checker.check_model(model)
     values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     second_convs = [sources[n] for n in sources if n.endswith("conv2/Conv")]
@@ -91,3 +93,28 @@ def test_all_equal_weight_listed_as_an_input_ir3():
     a, b = (numpy_helper.to_array(t) for t in new.graph.initializer)
     assert not np.allclose(a, b)
     ort.InferenceSession(new.SerializeToString()).run(None, {"x": np.ones((2, 8), np.float32)})
+
+
+def test_zero_bn_scales_read_through_identity_are_set_to_one():
+    """LeViT's LinearNorm: BatchNorm1d over tokens flattened into rows, its scale 0 on each
+    residual branch's last layer. torch.onnx merges those zeros with the BN shifts and running
+    means (one tensor, read through Identity nodes): the scales become 1, the others stay 0."""
+    path = SAMPLE.parent / "levit_block.onnx"
+    model, report = onnxinit.autoinit(path, seed=1, return_report=True)
+    graph = Graph(model)
+    norms = [n for n in graph.nodes if n.op_type == "BatchNormalization"]
+    assert len(norms) == 4 and len(report.structural_changes) == 1
+    for node in norms:
+        scale, shift, mean, var = (graph.constant_value(n) for n in node.input[1:5])
+        assert np.all(scale == 1) and np.all(shift == 0) and np.all(mean == 0) and np.all(var == 1), node.name
+    branches = [n.output[0] for n in graph.nodes if n.op_type == "Reshape" and "proj.1" in n.name or
+                n.op_type == "Reshape" and "mlp.2" in n.name]
+    feeds = gaussian_feeds(model, 128, np.random.default_rng(0))
+    assert all(0.5 <= v[1] <= 2 for v in measure(model, branches, feeds).values())
+    exported = measure(onnx.load(path), branches, feeds)
+    assert all(v[1] == 0 for v in exported.values())   # as exported, both branches output 0
+    # the pass read the scales it wrote (a scale folded through its Identity before it was set
+    # stayed 0 for the pass, and the head was drawn for a residual stream without its MLP branch)
+    again = inspect_model(model)
+    assert all(abs(r.predicted.var - 1) < 1e-3 for r in again.rows if r.weighted), \
+        [(r.node, r.predicted.var) for r in again.rows if r.weighted]

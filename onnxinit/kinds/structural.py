@@ -49,6 +49,27 @@ def broadcast(node, rule, ctx):
     ctx.set(out, Signal(sig.roots, values, tuple(axes)))
 
 
+ROW_WISE = {"BatchNormalization", "Identity", "Cast", "Dropout", "Relu", "LeakyRelu", "Gelu", "HardSwish",
+            "Sigmoid", "Tanh", "Mul", "Add", "Sub", "Div"}
+
+
+def _row_share(ctx, name: str, limit: int = 8):
+    """The share common to all tokens remembered for rows (``ctx.row_shared``), also through ops
+    that act on each row alone (LeViT: Flatten(tokens into rows) -> BatchNormalization -> Reshape)."""
+    graph = ctx.graph
+    for _ in range(limit):
+        if name in ctx.row_shared:
+            return ctx.row_shared[name]
+        node = graph.producer.get(name)
+        if node is None or node.op_type not in ROW_WISE or node.domain not in ("", "ai.onnx"):
+            return None
+        signals = [i for i in node.input if i and ctx.is_signal(i)]
+        if len(signals) != 1:
+            return None
+        name = signals[0]
+    return None
+
+
 def _pooled(ctx, sig: Signal, x, out, batch_first: bool = True):
     """Pooled statistics on fresh roots. The spread of the site means counts as shared
     (fixed per channel) when axis 0 is the batch; when it is not (a seq-first attention,
@@ -69,8 +90,8 @@ def _pooled(ctx, sig: Signal, x, out, batch_first: bool = True):
         shared = min(float(np.sum(w * shared_s) / np.sum(w)), m.var)
     if ctx.has_positions(x) and not positions and m.var > 0:
         ctx.row_shared[out] = shared / m.var
-    elif positions and x in ctx.row_shared:
-        shared = ctx.row_shared[x] * m.var
+    elif positions and (share := _row_share(ctx, x)) is not None:
+        shared = share * m.var
     return gaussian(out, m.mean, shared if positions else m.var, m.var - shared if positions else 0.0,
                     (None,) * rank, positions)
 

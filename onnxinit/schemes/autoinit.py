@@ -237,7 +237,16 @@ class AutoInit:
         self._store(name, value)
 
     def set_affine(self, node, scale: str, bias: str) -> None:
-        """Normalization layers: scale 1, shift 0."""
+        """Normalization layers: scale 1, shift 0 (through the Identity nodes torch.onnx reads a
+        merged initializer with; untie.py has split it where its readers need other values)."""
         for name, fill in ((scale, 1.0), (bias, 0.0)):
+            between = []
+            while name and self.graph.weight_tensor(name) is None and \
+                    getattr(self.graph.producer.get(name), "op_type", None) == "Identity":
+                between.append(name)
+                name = self.graph.producer[name].input[0]
             if name and name not in self.new_values and self.graph.weight_tensor(name) is not None:
                 self._store(name, np.full_like(self.graph.constant_value(name), fill))
+            if between and name in self.new_values:   # their values were folded from the old payload
+                for copy in between:
+                    self.graph.set_value(copy, self.graph.constant_value(name))

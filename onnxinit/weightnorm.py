@@ -37,8 +37,30 @@ class NotWeightNorm(Exception):
     """The subgraph computing a weight is not a weight norm this module can write."""
 
 
+class ComputedWeight:
+    """A weight the graph computes from two initializers v and g (a weight norm here, a weight
+    standardization in weightstd.py). Subclasses give ``split(graph, w) -> (v, g)`` and
+    ``evaluate(graph, values)``; a weight is written through them."""
+
+    def write(self, graph, w: np.ndarray) -> None:
+        """Store ``w`` as the layer's weight through new v and g (each in its own dtype)."""
+        v, g = self.split(graph, w)
+        graph.replace_payload(self.v, v)
+        graph.replace_payload(self.g, g)
+
+    def reproduces(self, graph, w: np.ndarray) -> bool:
+        """Does the subgraph, run on split(w), give ``w`` back? (then a write is exact)"""
+        w = np.asarray(w, np.float64)
+        v, g = self.split(graph, w)
+        dtypes = [onnx.helper.tensor_dtype_to_np_dtype(graph.weight_tensor(n).data_type) for n in (self.v, self.g)]
+        got = np.asarray(self.evaluate(graph, {self.v: v.astype(dtypes[0]), self.g: g.astype(dtypes[1])}), np.float64)
+        scale = max(float(np.max(np.abs(w), initial=0.0)), 1e-30)
+        tolerance = (1e-5 if min(d.itemsize for d in dtypes) >= 4 else 2e-3) * scale
+        return got.shape == w.shape and float(np.max(np.abs(got - w), initial=0.0)) <= tolerance
+
+
 @dataclass(frozen=True)
-class WeightNorm:
+class WeightNorm(ComputedWeight):
     output: str              # the computed weight W
     v: str                   # direction initializer
     g: str                   # magnitude initializer
@@ -88,21 +110,6 @@ class WeightNorm:
         v = np.where(zero, 1.0 / np.sqrt(count), v / np.where(zero, 1.0, norms))
         return v, norms.reshape(g_shape)
 
-    def write(self, graph, w: np.ndarray) -> None:
-        """Store ``w`` as the layer's weight through new v and g (each in its own dtype)."""
-        v, g = self.split(graph, w)
-        graph.replace_payload(self.v, v)
-        graph.replace_payload(self.g, g)
-
-    def reproduces(self, graph, w: np.ndarray) -> bool:
-        """Does the subgraph, run on split(w), give ``w`` back? (then a write is exact)"""
-        w = np.asarray(w, np.float64)
-        v, g = self.split(graph, w)
-        dtypes = [onnx.helper.tensor_dtype_to_np_dtype(graph.weight_tensor(n).data_type) for n in (self.v, self.g)]
-        got = np.asarray(self.evaluate(graph, {self.v: v.astype(dtypes[0]), self.g: g.astype(dtypes[1])}), np.float64)
-        scale = max(float(np.max(np.abs(w), initial=0.0)), 1e-30)
-        tolerance = (1e-5 if min(d.itemsize for d in dtypes) >= 4 else 2e-3) * scale
-        return got.shape == w.shape and float(np.max(np.abs(got - w), initial=0.0)) <= tolerance
 
 
 def _is_tensor(graph, name: str) -> bool:

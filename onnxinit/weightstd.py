@@ -22,13 +22,14 @@ import numpy as np
 
 from .kinds.common import attributes
 from .op_eval import run_node
+from .weightnorm import ComputedWeight
 
 PERMUTE_OPS = {"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
 MAX_CHAIN = 16
 
 
 @dataclass(frozen=True)
-class WeightStandardization:
+class WeightStandardization(ComputedWeight):
     output: str              # the computed weight W
     v: str                   # the standardized initializer
     g: str                   # per-unit gain (BatchNormalization's scale)
@@ -82,18 +83,6 @@ class WeightStandardization:
         g_shape = tuple(graph.weight_tensor(self.g).dims)
         return v.reshape(v_shape), g.reshape(g_shape)
 
-    def write(self, graph, w: np.ndarray) -> None:
-        """Store ``w`` as the layer's weight through new v and g (each in its own dtype)."""
-        v, g = self.split(graph, w)
-        graph.replace_payload(self.v, v)
-        graph.replace_payload(self.g, g)
-
-    def reproduces(self, graph, w: np.ndarray) -> bool:
-        w = np.asarray(w, np.float64)
-        v, g = self.split(graph, w)
-        got = self.evaluate(graph, {self.v: v.astype(np.float32), self.g: g.astype(np.float32)})
-        scale = max(float(np.max(np.abs(w), initial=0.0)), 1e-30)
-        return got.shape == w.shape and float(np.max(np.abs(got - w), initial=0.0)) <= 1e-4 * scale
 
 
 def _chain_up(graph, name: str) -> tuple[str, list]:

@@ -344,7 +344,11 @@ def _visit(node, ctx: Propagation, rules, residual: str) -> None:
         if node.op_type != "Constant":
             lookup = ctx.scheme is not None and _constant_lookup(node, ctx)
             if lookup:
-                ctx.scheme.draw_embedding(node.input[0], graph.constant_value(node.input[0]), ctx)
+                ids = np.asarray(graph.constant_value(node.input[1])).reshape(-1)
+                one_row = ids.size > 0 and bool(np.all(ids == ids[0]))   # the same row for every token
+                ctx.scheme.draw_embedding(node.input[0], graph.constant_value(node.input[0]), ctx,
+                                          reference=int(ids[0]) % graph.constant_value(node.input[0]).shape[0]
+                                          if one_row else None)
             _fold_constants(node, graph)
             if lookup and graph.constant_value(node.output[0]) is not None:
                 rows = np.asarray(graph.constant_value(node.output[0]), np.float64)

@@ -208,3 +208,30 @@ def test_position_table_above_the_cache_limit_is_drawn_as_an_embedding():
     _, report = onnxinit.autoinit(model, return_report=True)
     assert [e["table"] for e in report.extra["embeddings"]] == ["tok", "pos"]
     assert not report.fallbacks and not report.warnings
+
+
+def test_token_type_table_read_at_one_constant_row_is_a_zero_bias():
+    """BERT's token_type_ids buffer (zeros, expanded to the batch) reads row 0 of the type table
+    for every token: drawn as an embedding row of variance 1 it added one fixed vector to every
+    token (a third of the stream's variance after the position table, common to all tokens).
+    Row 0 is now 0 like any bias, the other rows drawn relative to it."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.02, (1000, 64)).astype(np.float32), "tok"),
+             numpy_helper.from_array(rng.normal(0, 0.02, (2, 64)).astype(np.float32), "types"),
+             numpy_helper.from_array(np.zeros((1, 16), np.int64), "type_buffer"),
+             numpy_helper.from_array(rng.normal(0, 0.02, (64, 64)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Gather", ["tok", "ids"], ["t"]), helper.make_node("Shape", ["ids"], ["shape"]),
+             helper.make_node("Expand", ["type_buffer", "shape"], ["type_ids"]),
+             helper.make_node("Gather", ["types", "type_ids"], ["k"]), helper.make_node("Add", ["t", "k"], ["h"]),
+             helper.make_node("MatMul", ["h", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    new, report = onnxinit.autoinit(model, return_report=True)
+    types = numpy_helper.to_array(next(t for t in new.graph.initializer if t.name == "types"))
+    assert np.all(types[0] == 0) and abs(np.sqrt(np.mean(types[1] ** 2)) - 1) < 1e-5
+    assert abs(report.layers[0].input.var - 1) < 1e-6
+    feeds = {"ids": np.random.default_rng(1).integers(0, 1000, (256, 16)).astype(np.int64)}
+    measured = measure(new, ["h", "y"], feeds)
+    assert abs(measured["h"][1] - 1) < 0.1 and abs(measured["y"][1] - 1) < 0.15, measured

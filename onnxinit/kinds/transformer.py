@@ -13,16 +13,22 @@ def embedding(node, rule, ctx):
 
     For tokens spread over the table, column d has mean_d = avg_v W[v, d] and
     variance var_d over the rows. AutoInit draws W with every column centered
-    and unit second moment, so the output has mean 0 and variance 1.
+    and unit second moment, so the output has mean 0 and variance 1. Ids known to be one
+    constant (a token type buffer) read one row: a bias on every token, drawn as 0.
     """
     table_name, out = node.input[0], node.output[0]
     table = ctx.value(table_name)
     if table is None or table.ndim < 2 or int(attributes(node).get("axis", 0)) != 0:
         raise Unsupported("embedding lookup needs a constant table gathered along axis 0")
+    ids = ctx.value(node.input[1])   # known when a constant buffer is expanded to the batch
+    ids = None if ids is None else np.asarray(ids).reshape(-1)
+    one_row = ids is not None and ids.size > 0 and bool(np.all(ids == ids[0]))
     if ctx.scheme is not None:
-        ctx.scheme.draw_embedding(table_name, table, ctx)
+        ctx.scheme.draw_embedding(table_name, table, ctx, reference=int(ids[0]) % table.shape[0] if one_row else None)
         table = ctx.value(table_name)
     rows = np.asarray(table, np.float64).reshape(table.shape[0], -1)
+    if one_row:   # every token reads the same row (BERT's token type 0): a constant, no variance
+        rows = rows[int(ids[0]) % table.shape[0]][None, :]
     mean, var = rows.mean(axis=0), rows.var(axis=0)
     rank = ctx.rank(out) or (table.ndim + 1)
     width = rows.shape[1]

@@ -203,17 +203,24 @@ class AutoInit:
         ctx.warn(f"weight {table!r} is shared by an embedding lookup and {layer.node.name or layer.node.op_type}: "
                  f"drawn for the latter (output variance 1); the lookup outputs variance {lookup_var:.3g}")
 
-    def draw_embedding(self, name: str, table: np.ndarray, ctx) -> None:
+    def draw_embedding(self, name: str, table: np.ndarray, ctx, reference: int | None = None) -> None:
         """An embedding table: every column centered over the rows, unit second moment: E[y^2] = 1
-        (scale^2 for a table tied to a later weighted layer, see ``tied_scales``)."""
+        (scale^2 for a table tied to a later weighted layer, see ``tied_scales``).
+
+        ``reference``: the one row every token reads (BERT's token type table at the constant
+        type 0). That row is a bias added to every token, so it is 0, as biases are, and the
+        columns are taken relative to it instead of centered."""
         if name in self.new_values or self.graph.weight_tensor(name) is None:
             return
         rows = table.shape[0]
         w = unit_samples(self.seed, name, "normal" if self.distribution == "orthogonal" else self.distribution,
                          (1, rows, int(np.prod(table.shape[1:]))))[0]
-        if rows > 1:
+        if reference is not None:
+            w -= w[reference:reference + 1].copy()
+        elif rows > 1:
             w -= w.mean(axis=0, keepdims=True)
-        ms = mean_square(w)
+        others = np.delete(w, reference, axis=0) if reference is not None and rows > 1 else w
+        ms = mean_square(others)   # the rows a token may read at random: unit second moment
         if ms > 0:
             w *= np.float32(self.tied_scales.get(name, 1.0) / np.sqrt(ms))
         self._embedded.add(name)

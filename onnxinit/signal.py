@@ -373,11 +373,14 @@ def stats_on(sig: Signal, axes) -> tuple:
 
 
 def merge_axis(candidates):
-    """One Sites for an axis from the inputs' (None if all alike): the coarsest wins."""
-    present = [s for s in candidates if s is not None]
+    """One Sites for an axis from the inputs' (None if all alike): the coarsest of the longest
+    wins. Sites over a length-1 axis broadcast like an alike axis: they never win over a real
+    axis (a (N, 2, C, 1, 1) gate times an (N, 2, C, H, W) map keeps the map's positions)."""
+    present = [s for s in candidates if s is not None and s.length > 1]
     if not present:
         return None
-    return min(present, key=lambda s: s.size)
+    longest = max(s.length for s in present)
+    return min((s for s in present if s.length == longest), key=lambda s: s.size)
 
 
 def _lift(items, rank: int, values: bool = True):

@@ -441,6 +441,32 @@ class TinyLevit(nn.Module):
         return self.head(self.blocks(x).mean(1))
 
 
+class SplitAttention(nn.Module):
+    """ResNeSt's split attention (timm's SplitAttn, radix 2): a grouped conv makes two splits,
+    a gate from their pooled sum weighs them (softmax over the splits)."""
+
+    def __init__(self, dim=32, radix=2):
+        super().__init__()
+        self.radix = radix
+        self.conv = nn.Conv2d(dim, dim * radix, 3, padding=1, groups=radix)
+        self.fc1 = nn.Conv2d(dim, dim // 2, 1)
+        self.fc2 = nn.Conv2d(dim // 2, dim * radix, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        b, rc, h, w = x.shape
+        splits = x.reshape(b, self.radix, rc // self.radix, h, w)
+        gap = splits.sum(dim=1).mean((2, 3), keepdim=True)
+        attn = self.fc2(torch.relu(self.fc1(gap))).view(b, 1, self.radix, -1).transpose(1, 2)
+        attn = torch.softmax(attn, dim=1).reshape(b, -1, 1, 1).view(b, self.radix, rc // self.radix, 1, 1)
+        return (splits * attn).sum(dim=1)
+
+
+def split_attention_net():
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), SplitAttention(), nn.Conv2d(32, 32, 1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)), (3, 16, 16)
+
+
 def densenet_block():
     return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), DenseBlock(), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(48, 10)), (3, 32, 32)
@@ -459,6 +485,8 @@ SAMPLES = {
     "nfnet_eca": (nf_eca_net, False),
     # BatchNorm1d over tokens flattened into rows (not folded), zero-init BN scales merged by torch.onnx
     "levit_block": (lambda: (TinyLevit(), (3, 16, 16)), False),
+    # ResNeSt: a (N, 2, C, 1, 1) gate times (N, 2, C, H, W) splits, summed over the splits
+    "split_attention": (split_attention_net, False),
     "bert_tiny": (lambda: (TinyBert(), (16,), 1000), False),
     "gpt_tiny": (lambda: (TinyGpt(), (16,), 1000), False),
     # 4 blocks, training mode without constant folding: Linear weights reach MatMul through Transpose

@@ -313,6 +313,32 @@ def _channels_last_mean(node, rule, ctx, sig, reduced, kept, keepdims):
     ctx.set(node.output[0], gaussian(node.output[0], m, v, 0.0, axes, False))
 
 
+def _channel_sum(node, rule, ctx, sig, keepdims: bool):
+    """ReduceSum / ReduceMean over axis 1 alone of a tensor with axes after the channels (ResNeSt
+    sums its splits, laid out as (N, radix, C, H, W)), its entries independent as channels are
+    to every rule (tokens (N, T, D) averaged over T go to _channels_last_mean instead):
+        sum: mean = sum_i m_i, shared = sum_i s_i, within = sum_i w_i;  mean: / n and / n^2."""
+    from .common import Unsupported
+    out = node.output[0]
+    n = sig.axes[1].length if sig.axes[1] is not None else (ctx.graph.static_dims(node.input[0]) or [None] * 2)[1]
+    if not n:
+        raise Unsupported("unknown number of entries to reduce")
+    mean, var, shared = (np.asarray(a, np.float64) for a in sig.stats())
+    if sig.axes[1] is not None and sig.axes[1].size != n:
+        index = sig.axes[1].index_of(np.arange(n))
+        mean, var, shared = (np.take(a, index, axis=1) for a in (mean, var, shared))
+    count = n if mean.shape[1] == 1 else 1    # an alike axis stands for n equal entries
+    totals = [count * a.sum(axis=1, keepdims=True) for a in (mean, shared, var - shared)]
+    if not rule.get("sum"):
+        totals = [totals[0] / n, totals[1] / n ** 2, totals[2] / n ** 2]
+    axes = list(sig.axes)
+    axes[1] = None
+    if not keepdims:
+        totals = [np.squeeze(a, axis=1) for a in totals]
+        del axes[1]
+    ctx.set(out, gaussian(out, *totals, axes, ctx.has_positions(out)))
+
+
 def reduce_positions(node, rule, ctx):
     """ReduceMean / ReduceSum / ReduceMax over all position axes (2, 3, ...): global pooling by another name.
 
@@ -331,6 +357,8 @@ def reduce_positions(node, rule, ctx):
     if axes is None or sig.rank < 3:
         raise Unsupported("reduction over other axes than all positions")
     reduced = sorted({a % sig.rank for a in axes})
+    if reduced == [1] and sig.rank >= 4 and rule.get("reduce") != "max":
+        return _channel_sum(node, rule, ctx, sig, bool(attrs.get("keepdims", 1)))
     if reduced != list(range(2, sig.rank)):
         kept = [a for a in range(1, sig.rank) if a not in reduced]
         if 0 in reduced or len(kept) != 1 or rule.get("reduce") == "max":

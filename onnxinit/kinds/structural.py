@@ -225,7 +225,8 @@ def reshape(node, rule, ctx):
         return
     full = _expanded(sig, dims_in)
     values = full.values.reshape(tuple(sig.grid_shape) + (1,) + tuple(dims_out[1:]))
-    ctx.set(out, _squeezed(Signal(sig.roots, values, (None,) + tuple(Sites.full(d) for d in dims_out[1:]))))
+    ctx.set(out, _squeezed(Signal(sig.roots, values, (None,) + tuple(Sites.full(d) if d > 1 else None
+                                                                     for d in dims_out[1:]))))
 
 
 def dropout(node, rule, ctx):

@@ -119,14 +119,16 @@ def _within_versions(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def trainable_weights(model: onnx.ModelProto) -> list[str]:
-    """Float32 initializers of rank >= 1 that some node reads, less the inputs that carry no
-    gradient, in file order."""
-    excluded = {node.input[i] for node in model.graph.node for i in _NOT_TRAINABLE.get(node.op_type, ())
-                if i < len(node.input)}
-    read = {name for node in model.graph.node for name in node.input}
+    """Float32 initializers of rank >= 1 from which a graph output can be reached through inputs
+    that carry a gradient, in file order. Not: BatchNormalization's running statistics, nor a
+    weight read only to compute them (a weight standardization's ReduceMean of its weight)."""
+    reached = {o.name for o in model.graph.output}
+    for node in reversed(list(model.graph.node)):
+        if any(out in reached for out in node.output if out):
+            skip = _NOT_TRAINABLE.get(node.op_type, ())
+            reached.update(name for i, name in enumerate(node.input) if name and i not in skip)
     return [t.name for t in model.graph.initializer
-            if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 1 and t.name in read
-            and t.name not in excluded]
+            if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 1 and t.name in reached]
 
 
 def weight_roles(model: onnx.ModelProto, weights) -> tuple[frozenset, frozenset]:
@@ -160,6 +162,8 @@ def _batchnorm_training_mode(model: onnx.ModelProto) -> None:
             node.attribute.append(helper.make_attribute("training_mode", 1))
         else:
             attr.i = 1
+        while len(node.output) < 3:   # training mode has running mean and variance outputs
+            node.output.append(f"{node.output[0]}_onnxinit_running_{len(node.output)}")
 
 
 def _weights_as_inputs(model: onnx.ModelProto, weights: list[str], logits: str) -> None:

@@ -12,6 +12,7 @@ from .dims import PROBE_BATCH, SAME_SHAPE, fill_dims
 from .graph import CACHE_LIMIT, FLOAT_TYPES, Graph, outer_references, subgraph_weights, subgraphs
 from .kinds import KINDS
 from .kinds.common import Unsupported, attributes, signal_inputs
+from .kinds.transformer import single_row
 from .measure import index_range
 from .moments import Moments
 from .montecarlo import monte_carlo
@@ -344,11 +345,9 @@ def _visit(node, ctx: Propagation, rules, residual: str) -> None:
         if node.op_type != "Constant":
             lookup = ctx.scheme is not None and _constant_lookup(node, ctx)
             if lookup:
-                ids = np.asarray(graph.constant_value(node.input[1])).reshape(-1)
-                one_row = ids.size > 0 and bool(np.all(ids == ids[0]))   # the same row for every token
-                ctx.scheme.draw_embedding(node.input[0], graph.constant_value(node.input[0]), ctx,
-                                          reference=int(ids[0]) % graph.constant_value(node.input[0]).shape[0]
-                                          if one_row else None)
+                table = graph.constant_value(node.input[0])
+                ctx.scheme.draw_embedding(node.input[0], table, ctx,
+                                          reference=single_row(graph.constant_value(node.input[1]), table.shape[0]))
             _fold_constants(node, graph)
             if lookup and graph.constant_value(node.output[0]) is not None:
                 rows = np.asarray(graph.constant_value(node.output[0]), np.float64)

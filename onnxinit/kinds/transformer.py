@@ -8,6 +8,16 @@ from .common import Unsupported, attributes, softmax_on_last_axis
 from .normalize import set_scaled
 
 
+def single_row(ids, rows: int) -> int | None:
+    """The one table row that constant ``ids`` all name, or None (unknown ids, several rows)."""
+    if ids is None:
+        return None
+    ids = np.asarray(ids).reshape(-1)
+    if ids.size == 0 or not np.all(ids == ids[0]):
+        return None
+    return int(ids[0]) % rows
+
+
 def embedding(node, rule, ctx):
     """Gather(W, ids) with W a weight and ids from the input: the output is a row of W.
 
@@ -20,15 +30,13 @@ def embedding(node, rule, ctx):
     table = ctx.value(table_name)
     if table is None or table.ndim < 2 or int(attributes(node).get("axis", 0)) != 0:
         raise Unsupported("embedding lookup needs a constant table gathered along axis 0")
-    ids = ctx.value(node.input[1])   # known when a constant buffer is expanded to the batch
-    ids = None if ids is None else np.asarray(ids).reshape(-1)
-    one_row = ids is not None and ids.size > 0 and bool(np.all(ids == ids[0]))
+    row = single_row(ctx.value(node.input[1]), table.shape[0])   # ids known: a buffer expanded to the batch
     if ctx.scheme is not None:
-        ctx.scheme.draw_embedding(table_name, table, ctx, reference=int(ids[0]) % table.shape[0] if one_row else None)
+        ctx.scheme.draw_embedding(table_name, table, ctx, reference=row)
         table = ctx.value(table_name)
     rows = np.asarray(table, np.float64).reshape(table.shape[0], -1)
-    if one_row:   # every token reads the same row (BERT's token type 0): a constant, no variance
-        rows = rows[int(ids[0]) % table.shape[0]][None, :]
+    if row is not None:   # every token reads the same row (BERT's token type 0): a constant, no variance
+        rows = rows[row][None, :]
     mean, var = rows.mean(axis=0), rows.var(axis=0)
     rank = ctx.rank(out) or (table.ndim + 1)
     width = rows.shape[1]

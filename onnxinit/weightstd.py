@@ -22,9 +22,8 @@ import numpy as np
 
 from .kinds.common import attributes
 from .op_eval import run_node
-from .weightnorm import ComputedWeight
+from .weightnorm import PERMUTE_OPS, ComputedWeight
 
-PERMUTE_OPS = {"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
 MAX_CHAIN = 16
 
 

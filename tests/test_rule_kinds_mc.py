@@ -135,6 +135,52 @@ def test_weighted_dense_and_transpose_conv():
                  strides=[2, 2], pads=[1, 1, 1, 1]), shape, cases=[(0.0, 1.0)], tol=0.1)
 
 
+def _correlated_rows(rows, cols, share):
+    """Weights whose rows share a common direction: their outputs correlate by about ``share``."""
+    common = RNG.normal(0, 1, cols)
+    return (np.sqrt(share) * common[None, :] + np.sqrt(1 - share) * RNG.normal(0, 1, (rows, cols))) / np.sqrt(cols)
+
+
+def _independent_units_var(w2, second_moments):
+    """What the second layer would output if its input units were independent: sum_j C_oj^2 E[x_j^2]."""
+    return float(np.mean((w2 ** 2) @ second_moments))
+
+
+def test_pointwise_layers_read_units_correlated_through_earlier_weights():
+    """A 1x1 conv (or dense layer) after another: its units are correlated through the first
+    layer's weights (Cov = C1 diag(v) C1^T), and the second layer's output variance is
+    C2 Cov C2^T, not sum C2^2 Var. Directly, through a residual sum, and through a near-linear
+    activation on token rows."""
+    shape = (1, 3, 5, 5)
+    w1 = _correlated_rows(6, 3, 0.7).reshape(6, 3, 1, 1)
+    w2 = np.abs(RNG.normal(0, 1, (4, 6, 1, 1))) / np.sqrt(6)
+    direct = chain([helper.make_node("Conv", ["x", "w1"], ["h"]), helper.make_node("Conv", ["h", "w2"], ["y"])],
+                   shape, inits=[("w1", w1), ("w2", w2)])
+    check(direct, shape, tol=0.03)
+    # the case is one where independent units would be far off: C1 x has E[h^2] = sum_i C1_ji^2 (mu^2 + nu)
+    # for independent inputs only through the mean; take mu = 0
+    h_second = np.sum(w1.reshape(6, 3) ** 2, axis=1)
+    _, var = measured(onnx.shape_inference.infer_shapes(direct), shape, 0.0, 1.0)
+    assert abs(_independent_units_var(w2.reshape(4, 6), h_second) - var) > 0.3 * var
+    # a residual stream: Conv(x1) + Conv'(relu(x2)) of two independent halves of the input, each
+    # sum's units correlated through their own weights, then a 1x1 conv
+    wide = (1, 6, 5, 5)
+    w1b = _correlated_rows(6, 3, 0.5).reshape(6, 3, 1, 1)
+    nodes = [helper.make_node("Split", ["x", "halves"], ["x1", "x2"], axis=1),
+             helper.make_node("Conv", ["x1", "w1"], ["h"]), helper.make_node("Relu", ["x2"], ["r"]),
+             helper.make_node("Conv", ["r", "w1b"], ["g"]), helper.make_node("Add", ["h", "g"], ["s"]),
+             helper.make_node("Conv", ["s", "w2"], ["y"])]
+    check(chain(nodes, wide, inits=[("halves", np.array([3, 3], np.int64)), ("w1", w1), ("w1b", w1b),
+                                    ("w2", w2)]), wide, tol=0.05)
+    # token rows: MatMul -> Tanh (near its linear part) -> MatMul
+    rows = (1, 7, 6)
+    m1 = _correlated_rows(5, 6, 0.6).T * 0.5
+    m2 = np.abs(RNG.normal(0, 1, (5, 3))) / np.sqrt(5)
+    nodes = [helper.make_node("MatMul", ["x", "m1"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
+             helper.make_node("MatMul", ["t", "m2"], ["y"])]
+    check(chain(nodes, rows, inits=[("m1", m1), ("m2", m2)]), rows, cases=[(0.0, 1.0), (0.3, 0.5)], tol=0.05)
+
+
 def test_batchnorm_training_and_inference():
     shape = (1, 4, 5, 5)
     gamma, beta = RNG.uniform(0.5, 2, 4), RNG.normal(0, 1, 4)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
+from ..correlation import remember_sum_correlation
 from ..numeric_ops import evaluate
 from ..signal import (ELEMENT_NODES, GRID_BUDGET, MAX_ROOTS, MIN_NODES, Signal, align, collapse, gaussian,
                       grid_size, layout, nodes_for, resample, stats_on)
@@ -97,7 +98,9 @@ def _gaussian_sum(node, inputs, rank, ctx):
         sign = -1.0 if node.op_type == "Sub" and i == 1 else 1.0
         mean, shared, within = mean + sign * m, shared + sh, within + (v - sh)
     out = node.output[0]
-    return gaussian(out, mean, shared, within, axes, ctx.has_positions(out) and kinds != {"sample"})
+    result = gaussian(out, mean, shared, within, axes, ctx.has_positions(out) and kinds != {"sample"})
+    remember_sum_correlation(signals, result, ctx)
+    return result
 
 
 def _independent_sum_stats(node, inputs, arrays, roots, axes):

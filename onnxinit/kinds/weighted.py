@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import OnnxInitError
 from ..layouts import Layout, conv_transpose_tap_fraction
+from ..correlation import cross_terms, pointwise, remember_layer_correlation
 from ..moments import Moments
 from ..signal import (SITE_BUDGET, Sites, element_cumulants, gaussian, pool_positions, pool_sites, site_count,
                       with_element_shape)
@@ -50,7 +51,7 @@ class WeightedLayer:
     scale: float               # alpha: y = alpha * (W x) + beta * b
     dtype: np.dtype
     inverse: np.ndarray | None = None   # output site -> column of ``inputs`` (distinct sites only)
-    cross: tuple | None = None          # (a, R): input units correlated through an earlier dense layer
+    cross: tuple | None = None          # (a, R, part): input units correlated through an earlier layer
 
     def __post_init__(self):
         self.site_weights = np.asarray(self.site_weights, np.float64).reshape(-1)
@@ -94,11 +95,16 @@ class WeightedLayer:
             else:
                 shareds.append(np.zeros((out // groups, sites), np.float32))
         if self.cross is not None:
-            # E[y_o^2] += sum_{j != k} C_oj C_ok Cov(x_j, x_k), Cov(x_j, x_k) = a_j a_k R_jk
-            a_unit, corr = self.cross
+            # E[y_o^2] += sum_{j != k} C_oj C_ok Cov(x_j, x_k), Cov(x_j, x_k) = a_j a_k R_jk; the
+            # covariance is of the part that varies from position to position where there are
+            # positions (within), of the whole input otherwise (shared)
+            a_unit, corr, part = self.cross
             scaled = c64.reshape(out, fan).astype(np.float64) * a_unit[None, :]
-            extra = np.sum((scaled @ corr) * scaled, axis=1) - np.sum(scaled * scaled, axis=1)
-            shareds = [np.concatenate(shareds) + (a2 * extra)[:, None]]
+            extra = (a2 * (np.sum((scaled @ corr) * scaled, axis=1) - np.sum(scaled * scaled, axis=1)))[:, None]
+            if part == "shared":
+                shareds = [np.concatenate(shareds) + extra]
+            else:
+                withins = [np.maximum(np.concatenate(withins) + extra, 0.0)]
         stats = (np.concatenate(a).astype(np.float64) for a in (means, shareds, withins))
         if self.inverse is None:
             return tuple(stats)
@@ -268,56 +274,6 @@ def _transpose_inputs(node, layout, x, ctx, attrs):
     return (*gathered, valid), np.ones(1), (None,) * sig.rank
 
 
-MAX_CORRELATED_UNITS = 2048   # dense layers up to this width keep their units' correlations
-
-
-def unit_correlation(c: np.ndarray, var_in: np.ndarray, scale: float) -> np.ndarray | None:
-    """R_jk = Corr(y_j, y_k) of a dense layer's outputs for independent inputs of variances var_in."""
-    out, fan, _ = c.shape
-    if out > MAX_CORRELATED_UNITS or out < 2:
-        return None
-    w = c.reshape(out, fan).astype(np.float64) * np.sqrt(np.maximum(var_in, 0.0))[None, :]
-    cov = w @ w.T * scale ** 2
-    std = np.sqrt(np.maximum(np.diag(cov), 1e-30))
-    return cov / np.outer(std, std)
-
-
-class LazyCorrelation:
-    """A dense layer's unit correlation matrix, computed on first use (out x out: up to 32 MB)."""
-
-    def __init__(self, compute):
-        self._compute = compute
-        self._matrix = None
-
-    @property
-    def matrix(self) -> np.ndarray:
-        if self._matrix is None:
-            self._matrix = self._compute()
-            self._compute = None
-        return self._matrix
-
-
-def _cross_terms(sig, ctx):
-    """(a, R) when the input units are functions of the unit roots of one earlier dense layer.
-
-    a_j = E[x_j z_j] (Stein: the linear part of x_j in its root z_j) and R the
-    correlation of those roots: to first order Cov(x_j, x_k) = a_j a_k R_jk."""
-    if sig.rank != 2:
-        return None
-    linked = [i for i, r in enumerate(sig.roots) if r.name in ctx.unit_correlation]
-    if len(linked) != 1:
-        return None
-    i = linked[0]
-    corr = ctx.unit_correlation[sig.roots[i].name].matrix
-    w = np.ones(())
-    for k, r in enumerate(sig.roots):
-        w = np.multiply.outer(w, r.weights * (r.nodes if k == i else 1.0))
-    a = np.tensordot(w, sig.values, axes=len(sig.roots)).reshape(-1)
-    if a.size != corr.shape[0]:
-        return None
-    return a, corr
-
-
 def _dense_inputs(layout, x, ctx, out):
     """Gemm/MatMul: the contraction axis is the last input axis (the one before it for W @ x)."""
     sig = ctx.signal(x)
@@ -375,7 +331,13 @@ def weighted(node, rule, ctx):
     else:
         inputs, site_weights, dense = _dense_inputs(layout, x, ctx, out)
         out_axes = None
-    cross = _cross_terms(ctx.signal(x), ctx) if layout.kind in ("gemm", "matmul") else None
+    cross = None
+    if pointwise(layout):
+        sig = ctx.signal(x)
+        unit_axis = 1 if layout.kind == "conv" else sig.rank - 2 if layout.weight_first else sig.rank - 1
+        cross = cross_terms(sig, ctx, unit_axis)
+        if cross is not None and cross[1].shape[0] != layout.canonical_shape[1]:
+            cross = None   # the units were regrouped since (a reshape): not the ones this layer reads
     layer = WeightedLayer(node, weight, bias, layout, ctx.moments[x], inputs, site_weights, out_axes,
                           alpha, dtype, inverse, cross)
     layer.last_stats = None
@@ -419,10 +381,5 @@ def weighted(node, rule, ctx):
         ctx.row_shared[out] = ctx.row_shared[x]
     layer.cross = None   # kept layers must not hold an earlier layer's unit correlation (out x out)
     ctx.layer_outputs[out] = layer
-    if layout.kind in ("gemm", "matmul") and signal.rank == 2 and len(signal.roots) == 1 \
-            and layout.group_count == 1 and 2 <= layout.canonical_shape[0] <= MAX_CORRELATED_UNITS:
-        var_in = (inputs[1] + inputs[2]).reshape(inputs[1].shape[0], -1).mean(axis=1)
-        # computed when a later dense layer reads these units (a classifier head's never is)
-        ctx.unit_correlation[signal.roots[0].name] = LazyCorrelation(
-            lambda: unit_correlation(layout.to_canonical(ctx.value(weight)), var_in, alpha))
+    remember_layer_correlation(layer, signal, ctx)
     ctx.record_layer(layer, ctx.moments[out])

@@ -136,10 +136,12 @@ class Propagation:
             self.warnings.append(message)
 
     def record_layer(self, layer, m: Moments) -> None:
-        w = self.value(layer.weight).reshape(-1)
+        rms = getattr(layer, "weight_rms", None)   # set by a scheme that just drew the weights
+        if rms is None:
+            w = self.value(layer.weight).reshape(-1)
+            rms = float(np.sqrt(np.dot(w, w) / max(w.size, 1)))
         self.layers.append(LayerRecord(layer.node.name or layer.node.output[0], layer.node.op_type, layer.weight,
-                                       layer.layout.fan_in, layer.tap_fraction, layer.input_moments, m,
-                                       float(np.sqrt(np.dot(w, w) / max(w.size, 1)))))
+                                       layer.layout.fan_in, layer.tap_fraction, layer.input_moments, m, rms))
 
 
 SHAPE_DATA_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Div", "Mul", "Add", "Sub", "Slice",

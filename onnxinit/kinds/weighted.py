@@ -86,12 +86,16 @@ class WeightedLayer:
             m = mean_g[block].reshape(fan * taps, sites)
             e = within_g[block].reshape(fan * taps, sites)
             w2 = w.reshape(-1, fan * taps)
+            squares = w2 * w2
             means.append(np.float32(self.scale) * (w2 @ m))
-            withins.append(a2 * ((w2 * w2) @ e))
+            withins.append(a2 * (squares @ e))
             s = shared_g[block]
             if np.any(s > 0):
-                partial = np.einsum("oit,itp->oip", w, np.sqrt(s))
-                shareds.append(a2 * np.einsum("oip,oip->op", partial, partial))
+                if taps == 1:   # one tap per channel: sum_i (C_ji sqrt(nu_s,i))^2 = C^2 @ nu_s
+                    shareds.append(a2 * (squares @ s.reshape(fan, sites)))
+                else:           # per input channel, the taps' sum first: (fan, out, sites) by batched BLAS
+                    partial = np.matmul(w.transpose(1, 0, 2), np.sqrt(s))
+                    shareds.append(a2 * np.square(partial, out=partial).sum(axis=0))
             else:
                 shareds.append(np.zeros((out // groups, sites), np.float32))
         if self.cross is not None:

@@ -183,6 +183,7 @@ class AutoInit:
             factor = np.sqrt(target / ms) if ms > 0 else 1.0
         c *= np.float32(factor)
         layer.rescale_stats(factor)
+        layer.weight_rms = float(np.sqrt(ms) * abs(factor))   # the report's weight std, without reading it back
         self._store(layer.weight, layer.layout.from_canonical(c).astype(layer.dtype, copy=False))
         if layer.bias and self.graph.payload_names(layer.bias) and not self._written(layer.bias):
             self._store(layer.bias, np.zeros_like(self.graph.constant_value(layer.bias)))

@@ -115,6 +115,26 @@ def test_vit_with_multihead_attention():
         assert abs(r.output.var - var) <= 0.25 * var, (r.node, r.output.var, var)
 
 
+def test_seq_first_attention_keeps_unit_offsets_through_its_head_reshapes():
+    """nn.MultiheadAttention's (tokens, batch, 3, width) projection goes through Unsqueeze(0),
+    Transpose and Squeeze before q, k and v are picked, then (tokens, batch x heads, width /
+    heads) reshapes. Unsqueeze and Squeeze keep every site; the head reshape keeps as common
+    to all tokens each unit's mean offset (the same for every token: the softmax-weighted
+    average passes it on whole). E[y^2] of the attention-weighted values of both later blocks,
+    predicted / measured over four draws: 0.98-1.12 (before: 0.77-0.95, the unit offsets
+    averaged over the keys as if they varied from token to token)."""
+    from onnxinit.inspect import inspect_model
+    path = next(p for p in ALL_SAMPLES if p.stem == "vit_mha")
+    for seed in range(4):
+        model = onnxinit.autoinit(path, seed=seed)
+        rows = inspect_model(model, measure_signal=True, batch=1024, all_tensors=True).rows
+        mixed = [r for r in rows if r.node.startswith(("/attn_1/", "/attn_2/")) and r.node.endswith("/MatMul_2")]
+        assert len(mixed) == 2
+        for r in mixed:
+            predicted, measured = r.predicted.second_moment, r.measured[1] + r.measured[0] ** 2
+            assert abs(predicted / measured - 1) < 0.15, (seed, r.node, predicted, measured)
+
+
 def _attention(seq):
     """x (batch, seq, 8) -> q, k, v -> softmax(q k^T / sqrt 8) v -> output projection."""
     from onnx import TensorProto, helper, numpy_helper

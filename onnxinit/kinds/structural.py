@@ -73,8 +73,10 @@ def _row_share(ctx, name: str, limit: int = 8):
 def _pooled(ctx, sig: Signal, x, out, batch_first: bool = True):
     """Pooled statistics on fresh roots. The spread of the site means counts as shared
     (fixed per channel) when axis 0 is the batch; when it is not (a seq-first attention,
-    nn.MultiheadAttention's (tokens, batch, ...) layout) only the sample roots' variance
-    stays shared: the spread then runs along the tokens, not across them.
+    nn.MultiheadAttention's (tokens, batch, ...) layout) the sample roots' variance and the
+    spread of the means across units (averaged over the tokens of axis 0) stay shared, the
+    spread along the tokens does not: a unit's offset is the same for every token, and an
+    attention passes it on whole.
 
     Rows of tokens (T·N, E), as nn.MultiheadAttention flattens its output for the
     projection, have no positions: everything is per row. The share of the variance
@@ -87,7 +89,9 @@ def _pooled(ctx, sig: Signal, x, out, batch_first: bool = True):
     if not batch_first:
         mean_s, _, shared_s = sig.stats()
         w = np.broadcast_to(sig.site_weights(), mean_s.shape)
-        shared = min(float(np.sum(w * shared_s) / np.sum(w)), m.var)
+        over_tokens = (w * mean_s).sum(axis=0, keepdims=True) / np.maximum(w.sum(axis=0, keepdims=True), 1e-300)
+        across_units = float(np.sum(w * (over_tokens - m.mean) ** 2) / np.sum(w))
+        shared = min(float(np.sum(w * shared_s) / np.sum(w)) + across_units, m.var)
     if ctx.has_positions(x) and not positions and m.var > 0:
         ctx.row_shared[out] = shared / m.var
     elif positions and (share := _row_share(ctx, x)) is not None:
@@ -186,6 +190,51 @@ def transpose(node, rule, ctx):
     ctx.set(node.output[0], Signal(sig.roots, values, tuple(sig.axes[p] for p in perm)))
 
 
+def _size_one_axes(node, sig: Signal, ctx) -> Signal | None:
+    """Unsqueeze / Squeeze: size-1 axes inserted or removed, every other axis with its sites, in
+    the same order, whatever the dims (a seq-first attention's (tokens, batch, 3, width) keeps its
+    token and unit sites through Unsqueeze(0)). None when the axes are unknown or a removed axis
+    has sites of more than one element."""
+    axes = attributes(node).get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = ctx.value(node.input[1])
+    rank_in = sig.rank
+    if axes is None:
+        if node.op_type == "Unsqueeze":
+            return None
+        dims = ctx.graph.static_dims(node.input[0])   # Squeeze without axes: every size-1 axis
+        if not dims or any(d is None for d in dims):
+            return None
+        axes = [a for a, d in enumerate(dims) if d == 1]
+    axes = [int(a) for a in np.asarray(axes).reshape(-1)]
+    site_shape = tuple(1 if a is None else a.size for a in sig.axes)
+    if node.op_type == "Unsqueeze":
+        rank_out = rank_in + len(axes)
+        inserted = sorted({a % rank_out for a in axes})
+        if len(inserted) != len(axes):
+            return None
+        new_axes, shape = list(sig.axes), list(site_shape)
+        for a in inserted:
+            new_axes.insert(a, None)
+            shape.insert(a, 1)
+    else:
+        removed = {a % rank_in for a in axes}
+        if any(sig.axes[a] is not None and sig.axes[a].length != 1 for a in removed):
+            return None
+        new_axes = [a for i, a in enumerate(sig.axes) if i not in removed]
+        shape = [n for i, n in enumerate(site_shape) if i not in removed]
+
+    def moved(a):
+        return np.reshape(np.broadcast_to(a, site_shape), shape)
+
+    stats = None if sig._stats is None else tuple(moved(a) for a in sig._stats)
+    if sig._values is None and sig.linear is not None:   # a Gaussian kept linear stays so
+        mean, coefs = sig.linear
+        return Signal(sig.roots, None, tuple(new_axes), stats, linear=(moved(mean), [moved(c) for c in coefs]))
+    values = np.broadcast_to(sig.values, tuple(sig.grid_shape) + site_shape).reshape(tuple(sig.grid_shape) + tuple(shape))
+    return Signal(sig.roots, values, tuple(new_axes), stats, affine=sig.affine)
+
+
 def reshape(node, rule, ctx):
     """Values unchanged, positions rearranged.
 
@@ -198,6 +247,11 @@ def reshape(node, rule, ctx):
         return
     x, out = node.input[0], node.output[0]
     sig = ctx.signal(x)
+    if node.op_type in ("Squeeze", "Unsqueeze") and ctx.has_positions(x) == ctx.has_positions(out):
+        moved = _size_one_axes(node, sig, ctx)   # with or without positions on both sides: roots keep their roles
+        if moved is not None:
+            ctx.set(out, moved)
+            return
     dims_in, dims_out = ctx.graph.static_dims(x), ctx.graph.static_dims(out)
     if not dims_in or not dims_out or any(d is None for d in dims_in[1:] + dims_out[1:]):
         kept = _kept_prefix(ctx, sig, dims_in, dims_out, out)

@@ -44,6 +44,24 @@ def softmax_tilt(scores: np.ndarray, element: np.ndarray, p: np.ndarray, within:
     return float((np.mean(tilted ** 2) - np.mean(np.sum(p * p, axis=-1)) * within) / within)
 
 
+def query_overlap(p: np.ndarray) -> tuple | None:
+    """(kappa, d) for attention probabilities p (..., queries, keys), rows summing to 1:
+        d     = E[sum_k p_qk^2]               (a query with itself),
+        kappa = E[sum_k p_qk p_q'k], q != q'  (two different queries of one row block).
+    Values e_k independent from key to key (variance W) give the attention-weighted values
+    Cov(o_q, o_q') = kappa W between queries and E[o_q^2] = d W: kappa = 1/K for uniform rows,
+    larger where queries read the same few keys (a causal mask: query 0 reads key 0 only,
+    and every later query reads it too)."""
+    if p.ndim < 3 or p.shape[-2] < 2:
+        return None
+    queries = p.shape[-2]
+    p = np.where(np.isfinite(p), p, 0.0)
+    columns = p.sum(axis=-2)                                  # (..., keys): sum over queries
+    squares = np.sum(p * p, axis=(-2, -1))
+    kappa = (np.sum(columns * columns, axis=-1) - squares) / (queries * (queries - 1))
+    return float(np.mean(kappa)), float(np.mean(squares) / queries)
+
+
 def draw_samples(sig, dims, rng, parts=None):
     """Samples of shape dims (batch filled in) from the signal's per-site Gaussian statistics:
     the shared part drawn once per (sample, channel) and equal at every position (axes 2, ...),
@@ -156,6 +174,7 @@ def monte_carlo(node, ctx) -> str:
         parts = drawn[node.input[0]]
         ctx.softmax_tilt[node.output[0]] = softmax_tilt(feeds[node.input[0]].astype(np.float64), parts["element"],
                                                         np.asarray(values[0], np.float64), parts["within"])
+        ctx.query_overlap[node.output[0]] = query_overlap(np.asarray(values[0], np.float64))
     for name, value in zip([o for o in node.output if o], values):
         if name not in graph.signal_tensors:
             continue

@@ -86,6 +86,7 @@ class Propagation:
     structural_changes: list = field(default_factory=list)
     row_shared: dict = field(default_factory=dict)   # token rows (T·N, E): share common to all tokens
     softmax_tilt: dict = field(default_factory=dict)  # softmax output: tau (montecarlo.softmax_tilt)
+    query_overlap: dict = field(default_factory=dict)  # softmax output: (kappa, d) (montecarlo.query_overlap)
     probe_values: dict = field(default_factory=dict)  # random masks sampled at the probe batch (random_ops.py)
 
     # --- what kinds use --------------------------------------------------

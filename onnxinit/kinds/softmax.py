@@ -13,7 +13,8 @@ per-site statistics at the input's real shape and evaluates the formula on them 
   axis from ``axis`` on); from 13 on the row is the one axis.
 * For a softmax over the last axis of attention scores, tau = E[(sum_j p_j e_j)^2] -
   E[sum_j p_j^2] nu_e (over nu_e) is measured on the same rows (``ctx.softmax_tilt``), for
-  the attention-weighted values that follow (transformer.attention_mix).
+  the attention-weighted values that follow (transformer.attention_mix), and how much two
+  queries read the same keys (``ctx.query_overlap``, montecarlo.query_overlap).
 
 Output statistics per channel (axis 1), as for the Monte Carlo fallback (montecarlo.py),
 whose sampler this rule shares; draws are seeded, so the result is deterministic.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..montecarlo import draw_samples, set_from_samples, softmax_tilt
+from ..montecarlo import draw_samples, query_overlap, set_from_samples, softmax_tilt
 from .common import Unsupported, attributes, softmax_on_last_axis
 
 ELEMENTS = 1 << 17      # logits drawn per softmax (at least 2 samples)
@@ -74,4 +75,5 @@ def softmax(node, rule, ctx):
         p = row_softmax(z.reshape(int(np.prod(shape[:axis], dtype=np.int64)), -1), log).reshape(shape)
     if not log and rank >= 3 and softmax_on_last_axis(node, ctx) and "element" in parts:
         ctx.softmax_tilt[out] = softmax_tilt(z, parts["element"], p, parts["within"])
+        ctx.query_overlap[out] = query_overlap(p)
     set_from_samples(out, p, ctx)

@@ -144,6 +144,10 @@ def attention_mix(node, ctx):
         shared (equal for every query) = S + K p^2 W = S + W / K,
         within (query to query) = K v_P (W + D),   D = avg_k (m_k - avg m)^2.
     Treating s like e_k (the independent product rule) would shrink it K times.
+    Where the softmax rule measured how much two queries read the same keys (kappa, and
+    d = E[sum_k p_k^2], montecarlo.query_overlap), the e_k part splits as measured:
+        shared = S + kappa W,   within = (d - kappa) W + K v_P D
+    (uniform rows: kappa = 1/K, d - kappa = K v_P; a causal mask makes kappa larger).
     """
     p, v = ctx.moments[node.input[0]], ctx.signal(node.input[1])
     rank = v.rank
@@ -164,8 +168,21 @@ def attention_mix(node, ctx):
     axes[-2] = None
     out = node.output[0]
     tilt = _tilt(node.input[0], node.input[1], ctx)
-    ctx.set(out, gaussian(out, rows * m, rows * rows * s + k * p.mean ** 2 * within,
-                          k * p.var * (within + spread) + tilt * within, axes, ctx.has_positions(out)))
+    common, own = k * p.mean ** 2, k * p.var
+    overlap = ctx.query_overlap.get(_softmax_behind(node.input[0], ctx))
+    if overlap is not None:
+        kappa, d = overlap
+        common, own = kappa, max(d - kappa, 0.0)
+    ctx.set(out, gaussian(out, rows * m, rows * rows * s + common * within,
+                          own * within + k * p.var * spread + tilt * within, axes, ctx.has_positions(out)))
+
+
+def _softmax_behind(name: str, ctx) -> str:
+    """The softmax output that ``name`` is (through Identity / Cast / Dropout)."""
+    graph = ctx.graph
+    while (node := graph.producer.get(name)) is not None and node.op_type in TRANSPARENT_TO_ROWS:
+        name = node.input[0]
+    return name
 
 
 def _tilt(probabilities: str, values: str, ctx) -> float:
@@ -174,12 +191,8 @@ def _tilt(probabilities: str, values: str, ctx) -> float:
     along the score direction a . x_j (random directions in the tokens' D dimensions), so
         E[(sum_j p_j v_j)^2] gains  nu_v / D * (E[(sum_j p_j e_j)^2] - E[sum_j p_j^2] nu_e) / nu_e.
     D = heads x value width (the model width the projections read); 0 when unknown."""
-    graph = ctx.graph
-    name = probabilities
-    while (node := graph.producer.get(name)) is not None and node.op_type in TRANSPARENT_TO_ROWS:
-        name = node.input[0]
-    tau = ctx.softmax_tilt.get(name)
-    dims = graph.static_dims(values)
+    tau = ctx.softmax_tilt.get(_softmax_behind(probabilities, ctx))
+    dims = ctx.graph.static_dims(values)
     if tau is None or not dims or len(dims) != 4 or not dims[1] or not dims[3]:
         return 0.0
     return max(tau, 0.0) / (dims[1] * dims[3])

@@ -257,6 +257,27 @@ def _unsqueeze_case():
     return model
 
 
+def test_window_partition_of_a_channels_last_map_keeps_what_positions_share():
+    """Swin's last stage: a channels-last (N, 4, 4, C) map is one 4x4 window, reshaped to
+    (N, 1, 4, 1, 4, C) and back. Positions stay positions on both sides, so the part every
+    position of a sample shares (here the map's own average, added back) stays shared, and
+    the global average pool at the end keeps it (before, the reshape made it independent from
+    position to position: pooled, 16 times too small). The shared part is the average of the
+    input's other half, so it is independent of the map it is added to."""
+    shape = (1, 8, 4, 4)
+    nodes = [helper.make_node("Split", ["x", "halves"], ["a", "b"], axis=1),
+             helper.make_node("GlobalAveragePool", ["b"], ["g"]), helper.make_node("Add", ["a", "g"], ["s"]),
+             helper.make_node("Transpose", ["s"], ["last"], perm=[0, 2, 3, 1]),
+             helper.make_node("Reshape", ["last", "windows"], ["w"]),
+             helper.make_node("Transpose", ["w"], ["wt"], perm=[0, 1, 3, 2, 4, 5]),
+             helper.make_node("Reshape", ["wt", "back"], ["unwound"]),
+             helper.make_node("Transpose", ["unwound"], ["first"], perm=[0, 3, 1, 2]),
+             helper.make_node("GlobalAveragePool", ["first"], ["y"])]
+    inits = [("halves", np.array([4, 4], np.int64)), ("windows", np.array([-1, 1, 4, 1, 4, 4], np.int64)),
+             ("back", np.array([-1, 4, 4, 4], np.int64))]
+    check(chain(nodes, shape, inits), shape)
+
+
 def test_channels_last_reductions():
     """Mean / sum over every axis but the batch and a last channel axis: Swin's head pools a
     (B, H, W, C) map over H and W, sentence encoders pool (B, L, C) over L. The pooled output

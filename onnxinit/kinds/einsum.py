@@ -82,4 +82,5 @@ def einsum(node, rule, ctx):
     if not dims or len(dims) != len(a) or any(not dims[a.index(letter)] for letter in contracted):
         raise Unsupported("unknown contraction length")
     k = int(np.prod([dims[a.index(letter)] for letter in contracted], dtype=np.int64))
-    product_of_independent(node.output[0], first, second, k, ctx)
+    key_axis = b.index(out[-1]) - len(b) if out and out[-1] in b else None
+    product_of_independent(node.output[0], first, second, k, ctx, key_axis)

@@ -214,8 +214,10 @@ def matmul_product(node, ctx):
     product_of_independent(node.output[0], node.input[0], node.input[1], k, ctx)
 
 
-def product_of_independent(out: str, first: str, second: str, k: int, ctx):
-    """Sum over k products of independent factors (the moments of MatMul's rule above)."""
+def product_of_independent(out: str, first: str, second: str, k: int, ctx, key_axis: int | None = -1):
+    """Sum over k products of independent factors (the moments of MatMul's rule above).
+    ``key_axis``: the axis of ``second`` that becomes the output's last axis (-1 for MatMul;
+    Einsum 'bid,bjd->bij' reads its keys along -2), None where no axis of it does."""
     a, b = ctx.moments[first], ctx.moments[second]
     mean = k * a.mean * b.mean
     var = k * (a.second_moment * b.second_moment - (a.mean * b.mean) ** 2)
@@ -225,24 +227,24 @@ def product_of_independent(out: str, first: str, second: str, k: int, ctx):
     if positions and feeds_row_softmax(out, ctx):
         # scores q_i . k_j: the part sum_u q_iu (m_u + s_u) of B's mean and shared part is the
         # same for every key j, and a softmax over j cancels it: carried as the shared part
-        shared = float(np.clip(k * (a.second_moment * _same_for_every_key(ctx.signal(second), b)
+        shared = float(np.clip(k * (a.second_moment * _same_for_every_key(ctx.signal(second), b, key_axis)
                                     - (a.mean * b.mean) ** 2), 0.0, var))
     ctx.set(out, gaussian(out, mean, shared, var - shared, (None,) * rank, positions))
 
 
-def _same_for_every_key(keys, pooled) -> float:
-    """E over units of (the part of B = K^T equal along its last axis, the keys)^2: each unit's
+def _same_for_every_key(keys, pooled, key_axis: int | None = -1) -> float:
+    """E over units of (the part of B = K^T equal along ``key_axis``, the keys)^2: each unit's
     mean over the keys, squared, plus its sample roots' variance. Site means that differ from
     key to key (BERT's position rows, a fixed pattern over the tokens) are not part of it: a
     softmax over the keys does not cancel them. ``pooled``: B's pooled moments, used when
     B carries no sites."""
-    mean, _, shared = keys.stats()
-    if keys.rank < 2:
+    if keys.rank < 2 or key_axis is None:
         return pooled.mean ** 2 + pooled.shared
+    mean, _, shared = keys.stats()
     w = np.broadcast_to(keys.site_weights(), mean.shape)
-    per_key_total = np.sum(w, axis=-1, keepdims=True)
-    over_keys = np.sum(w * mean, axis=-1, keepdims=True) / per_key_total
-    shared_over_keys = np.sum(w * shared, axis=-1, keepdims=True) / per_key_total
+    per_key_total = np.sum(w, axis=key_axis, keepdims=True)
+    over_keys = np.sum(w * mean, axis=key_axis, keepdims=True) / per_key_total
+    shared_over_keys = np.sum(w * shared, axis=key_axis, keepdims=True) / per_key_total
     weights = per_key_total / np.sum(per_key_total)
     return float(np.sum(weights * (over_keys ** 2 + shared_over_keys)))
 

@@ -254,6 +254,8 @@ def _fold_constants(node, graph: Graph) -> None:
     ALBERT-xxlarge export re-read its 256 MB matrices for every Identity of its shared layers."""
     if node.op_type in VIEW_OPS and any(n and _too_big_to_fold(n, graph) for n in node.input):
         return
+    if _gather_of_one_value(node, graph) or _token_ids_against_one_id(node, graph):
+        return
     values = [graph.constant_value(n) if n else None for n in node.input]
     if any(v is None for v, n in zip(values, node.input) if n):
         return
@@ -270,6 +272,75 @@ def _fold_constants(node, graph: Graph) -> None:
         value = np.asarray(value)
         if value.size <= FOLD_LIMIT:
             graph.set_value(name, value)
+
+
+def _gather_of_one_value(node, graph: Graph) -> bool:
+    """Gather / GatherElements / GatherND from a constant integer buffer whose entries are all
+    equal is that value wherever the indices point, known or not (RoBERTa's token_type_ids: a
+    zero buffer gathered at position ids computed from the input): recorded with size 1 on
+    every axis, so it broadcasts as the batch-sized tensor would (and an Expand of it to the
+    batch is folded at batch 1). Only for ids that reach an embedding table: masks built the
+    same way are left to batch_one.py, which keeps their shapes. Float data is left alone: an
+    all-zero table is a weight to draw."""
+    if node.op_type not in ("Gather", "GatherElements", "GatherND") or node.domain not in ("", "ai.onnx") \
+            or len(node.input) < 2 or graph.constant_value(node.input[1]) is not None \
+            or not _indexes_a_table(node.output[0], graph):
+        return False
+    data = graph.constant_value(node.input[0])
+    rank = graph.rank(node.output[0])
+    if data is None or rank is None or data.size == 0 or data.dtype.kind not in "iub":
+        return False
+    first = data.reshape(-1)[0]
+    if not np.all(data == first):
+        return False
+    graph.set_value(node.output[0], np.full((1,) * rank, first, dtype=data.dtype))
+    return True
+
+
+def _token_ids_against_one_id(node, graph: Graph) -> bool:
+    """Equal(token ids, one constant id) is False everywhere for ids drawn over the table (what
+    measuring feeds; a given id, as the padding id, turns up with probability 1 / rows): recorded
+    at batch 1. RoBERTa computes its position ids from it (cumsum of ids != padding), which
+    then fold to the constant 2..T+1 and make its position table a constant lookup, one row per
+    token, as GPT-2's. Before, those ids counted as input-dependent and the rows as random per
+    token, and the second layer's attention projection measured 2.9 for a predicted 1."""
+    if node.op_type != "Equal" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+        return False
+    for ids, other in (node.input, node.input[::-1]):
+        if ids not in graph.inputs or graph.constant_value(ids) is not None:
+            continue
+        one = graph.constant_value(other)
+        dims = graph.static_dims(ids)
+        if one is None or np.size(one) != 1 or not dims or any(d is None for d in dims[1:]):
+            continue
+        rows = None if graph.elem_type(ids) in FLOAT_TYPES else index_range(graph.model, ids)
+        if rows is None or rows < 2 or not 0 <= int(np.asarray(one).reshape(-1)[0]) < rows:
+            continue
+        graph.set_value(node.output[0], np.zeros([1] + list(dims[1:]), bool))
+        return True
+    return False
+
+
+ID_PATH = {"Expand", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Identity"}
+
+
+def _indexes_a_table(name: str, graph: Graph, limit: int = 4) -> bool:
+    """Does ``name`` reach the ids input of a Gather on a weight table through ops that only
+    copy, reshape or cast it?"""
+    frontier = [name]
+    for _ in range(limit):
+        following = []
+        for current in frontier:
+            for consumer in graph.consumers.get(current, []):
+                if consumer.domain not in ("", "ai.onnx"):
+                    continue
+                if consumer.op_type == "Gather" and len(consumer.input) > 1 and consumer.input[1] == current \
+                        and graph.is_weight(consumer.input[0]):
+                    return True
+                if consumer.op_type in ID_PATH and consumer.input[0] == current:
+                    following.append(consumer.output[0])
+        frontier = following
+    return False
 
 
 def _too_big_to_fold(name: str, graph: Graph) -> bool:

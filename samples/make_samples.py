@@ -143,6 +143,39 @@ class TinyGpt(TinyBert):
         return self.head(self.ln0(x))
 
 
+class TinyRoberta(TinyBert):
+    """A RoBERTa-style encoder as transformers writes it: position ids computed from the token
+    ids (cumsum of ids != padding, offset past it), token type ids gathered from a zero buffer at
+    those positions, and the softmax's fully masked rows filled with 0 by a Where on the
+    (all-ones) attention mask."""
+
+    padding = 1
+
+    def __init__(self, vocab=1000, seq=16, dim=64, heads=4, layers=2, ffn=128, n_out=10):
+        super().__init__(vocab, seq, dim, heads, layers, ffn, n_out)
+        del self.pos
+        self.positions = nn.Embedding(seq + self.padding + 1, dim, padding_idx=self.padding)
+        self.types = nn.Embedding(2, dim)
+        self.register_buffer("type_buffer", torch.zeros(1, seq + self.padding + 1, dtype=torch.long))
+
+    def forward(self, ids):
+        keep = ids.ne(self.padding).int()
+        positions = (torch.cumsum(keep, dim=1) * keep).long() + self.padding
+        types = torch.gather(self.type_buffer.expand(ids.shape[0], -1), 1, positions)
+        x = self.ln0(self.tok(ids) + self.positions(positions) + self.types(types))
+        n, t, d = x.shape
+        h = self.heads
+        masked = torch.ones(n, t, dtype=torch.bool, device=ids.device).logical_not()[:, None, None, :]
+        for b in self.blocks:
+            q, k, v = b["qkv"](x).reshape(n, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+            scores = q @ k.transpose(-1, -2) / (d // h) ** 0.5
+            probabilities = torch.where(masked, torch.zeros_like(scores), scores.softmax(-1))
+            att = (probabilities @ v).transpose(1, 2).reshape(n, t, d)
+            x = b["ln1"](x + b["proj"](att))
+            x = b["ln2"](x + b["fc2"](nn.functional.gelu(b["fc1"](x))))
+        return self.head(x[:, 0])
+
+
 class TinyVit(nn.Module):
     """A ViT: 4x4 patches of a 3x16x16 image, a class token, learned positions, blocks built
     on nn.MultiheadAttention (torchvision's layout: seq-first inside, q/k/v packed)."""
@@ -489,6 +522,7 @@ SAMPLES = {
     "split_attention": (split_attention_net, False),
     "bert_tiny": (lambda: (TinyBert(), (16,), 1000), False),
     "gpt_tiny": (lambda: (TinyGpt(), (16,), 1000), False),
+    "roberta_tiny": (lambda: (TinyRoberta(), (16,), 1000), False),
     # 4 blocks, training mode without constant folding: Linear weights reach MatMul through Transpose
     "bert_train": (lambda: (TinyBert(layers=4), (16,), 1000), True),
     # nn.MultiheadAttention in training mode: q/k/v stacked on axis 0 and indexed with Gather

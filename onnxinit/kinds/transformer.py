@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..signal import Signal, Sites, gaussian
+from ..signal import Signal, Sites, constant_signal, gaussian
 from .common import Unsupported, attributes, softmax_on_last_axis
 from .normalize import set_scaled
 
@@ -30,15 +30,24 @@ def embedding(node, rule, ctx):
     table = ctx.value(table_name)
     if table is None or table.ndim < 2 or int(attributes(node).get("axis", 0)) != 0:
         raise Unsupported("embedding lookup needs a constant table gathered along axis 0")
-    row = single_row(ctx.value(node.input[1]), table.shape[0])   # ids known: a buffer expanded to the batch
+    ids = ctx.value(node.input[1])
+    row = single_row(ids, table.shape[0])   # ids known: a buffer expanded to the batch
     if ctx.scheme is not None:
         ctx.scheme.draw_embedding(table_name, table, ctx, reference=row)
         table = ctx.value(table_name)
+    rank = ctx.rank(out) or (table.ndim + 1)
+    if ids is not None and row is None and np.ndim(ids) + table.ndim - 1 <= rank:
+        # known ids naming several rows (RoBERTa's positions 2..T+1, computed from the input but
+        # the same for any ids but the padding one): one fixed row per token, as a position table
+        value = np.take(np.asarray(table, np.float64), np.asarray(ids, np.int64) % table.shape[0], axis=0)
+        signal = constant_signal(value, rank)
+        ctx.set(out, signal)
+        ctx.embeddings.append((node.name or out, table_name, signal.moments()))
+        return
     rows = np.asarray(table, np.float64).reshape(table.shape[0], -1)
     if row is not None:   # every token reads the same row (BERT's token type 0): a constant, no variance
         rows = rows[row][None, :]
     mean, var = rows.mean(axis=0), rows.var(axis=0)
-    rank = ctx.rank(out) or (table.ndim + 1)
     width = rows.shape[1]
     axes = [None] * rank
     shape = [1] * rank
@@ -124,12 +133,30 @@ def layernorm(node, rule, ctx):
 TRANSPARENT_TO_ROWS = {"Identity", "Cast", "Dropout"}
 
 
-def rows_sum_to_one(name: str, ctx) -> bool:
-    """Is ``name`` a softmax over its last axis (through Identity / Cast / Dropout)?"""
+def _through_copies(name: str, ctx) -> str:
+    """Back from ``name`` through Identity / Cast / Dropout, and through a Where whose condition
+    is a known constant that picks one side everywhere (RoBERTa's masked fill of fully masked
+    rows, Where(mask == 0 everywhere, 0, probabilities), with a mask of ones)."""
     graph = ctx.graph
-    while (node := graph.producer.get(name)) is not None and node.op_type in TRANSPARENT_TO_ROWS \
-            and node.domain in ("", "ai.onnx"):
-        name = node.input[0]
+    while (node := graph.producer.get(name)) is not None and node.domain in ("", "ai.onnx"):
+        if node.op_type in TRANSPARENT_TO_ROWS:
+            name = node.input[0]
+            continue
+        condition = ctx.value(node.input[0]) if node.op_type == "Where" else None
+        if condition is None or np.size(condition) == 0:
+            break
+        if not np.any(condition):
+            name = node.input[2]
+        elif np.all(condition):
+            name = node.input[1]
+        else:
+            break
+    return name
+
+
+def rows_sum_to_one(name: str, ctx) -> bool:
+    """Is ``name`` a softmax over its last axis (through copies, see _through_copies)?"""
+    node = ctx.graph.producer.get(_through_copies(name, ctx))
     return node is not None and softmax_on_last_axis(node, ctx)
 
 
@@ -178,11 +205,8 @@ def attention_mix(node, ctx):
 
 
 def _softmax_behind(name: str, ctx) -> str:
-    """The softmax output that ``name`` is (through Identity / Cast / Dropout)."""
-    graph = ctx.graph
-    while (node := graph.producer.get(name)) is not None and node.op_type in TRANSPARENT_TO_ROWS:
-        name = node.input[0]
-    return name
+    """The softmax output that ``name`` is (through copies, see _through_copies)."""
+    return _through_copies(name, ctx)
 
 
 def _tilt(probabilities: str, values: str, ctx) -> float:

@@ -63,7 +63,7 @@ def unseed_random_ops(nodes) -> None:
         node.attribute.extend(kept)
 
 
-PASS_IDS = {"Identity", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten"}
+PASS_IDS = {"Identity", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Transpose", "Expand"}
 
 
 def index_range(model: onnx.ModelProto, name: str) -> int | None:

@@ -321,7 +321,7 @@ def _token_ids_against_one_id(node, graph: Graph) -> bool:
     return False
 
 
-ID_PATH = {"Expand", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Identity"}
+ID_PATH = {"Expand", "Cast", "Reshape", "Unsqueeze", "Squeeze", "Identity", "Transpose"}
 
 
 def _indexes_a_table(name: str, graph: Graph, limit: int = 4) -> bool:

@@ -342,3 +342,27 @@ def test_token_type_table_read_at_one_constant_row_is_a_zero_bias():
     feeds = {"ids": np.random.default_rng(1).integers(0, 1000, (256, 16)).astype(np.int64)}
     measured = measure(new, ["h", "y"], feeds)
     assert abs(measured["h"][1] - 1) < 0.1 and abs(measured["y"][1] - 1) < 0.15, measured
+
+
+def test_seq_first_token_ids_through_a_transpose_index_the_table():
+    """XLNet transposes its (batch, seq) token ids to seq-first before the lookup: the ids are
+    still token ids (random rows when measuring, an embedding drawn for unit variance), not a
+    mask taken as all ones (which made every token read row 1, drawn as a zero bias)."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxinit.measure import index_range
+    rng = np.random.default_rng(0)
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Transpose", ["ids"], ["ids_t"], perm=[1, 0]),
+             helper.make_node("Gather", ["table", "ids_t"], ["e"]),
+             helper.make_node("MatMul", ["e", "w"], ["y"])]
+    inits = [numpy_helper.from_array(rng.normal(0, 0.02, (50, 16)).astype(np.float32), "table"),
+             numpy_helper.from_array(rng.normal(0, 0.02, (16, 16)).astype(np.float32), "w")]
+    model = helper.make_model(helper.make_graph(nodes, "seq_first", [ids], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    assert index_range(model, "ids") == 50
+    init, report = onnxinit.autoinit(model, seed=0, return_report=True)
+    assert not report.warnings, report.warnings
+    measured = measure(init, ["e", "y"], gaussian_feeds(init, 512, np.random.default_rng(1)))
+    for name in ("e", "y"):
+        assert 0.9 <= measured[name][1] <= 1.1, (name, measured[name])

@@ -16,11 +16,13 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Layout:
-    kind: str                 # conv | conv_transpose | gemm | matmul
+    kind: str                 # conv | conv_transpose | gemm | matmul | einsum
     shape: tuple              # the ONNX weight's shape
     groups: int = 1
     trans_b: bool = False     # gemm: weight stored (out, in)
     weight_first: bool = False  # matmul: W @ x instead of x @ W
+    order: tuple = ()         # einsum: the weight's axes, output-unit axes first, then contracted ones
+    units: int = 0            # einsum: how many of ``order`` are output-unit axes
 
     @property
     def canonical_shape(self):
@@ -37,6 +39,9 @@ class Layout:
                 return (1, s[0], 1)
             rows, cols = s[-2], s[-1]
             return (batch * rows, cols, 1) if self.weight_first else (batch * cols, rows, 1)
+        if self.kind == "einsum":
+            sizes = [s[a] for a in self.order]
+            return (int(np.prod(sizes[:self.units], dtype=np.int64)), int(np.prod(sizes[self.units:], dtype=np.int64)), 1)
         raise ValueError(f"unknown layout {self.kind!r}")
 
     @property
@@ -62,6 +67,8 @@ class Layout:
             return (w.reshape(g, fan, out // g, taps).transpose(0, 2, 1, 3).reshape(out, fan, taps))
         if self.kind == "gemm":
             return (w if self.trans_b else w.T).reshape(out, fan, 1)
+        if self.kind == "einsum":
+            return np.transpose(w, self.order).reshape(out, fan, 1)
         if len(self.shape) == 1:
             return w.reshape(1, fan, 1)
         m = w.reshape((-1,) + tuple(self.shape[-2:]))
@@ -78,6 +85,9 @@ class Layout:
         if self.kind == "gemm":
             m = c.reshape(out, fan)
             return np.ascontiguousarray(m if self.trans_b else m.T)
+        if self.kind == "einsum":
+            permuted = c.reshape([self.shape[a] for a in self.order])
+            return np.ascontiguousarray(np.transpose(permuted, np.argsort(self.order)))
         if len(self.shape) == 1:
             return c.reshape(self.shape)
         rows, cols = self.shape[-2:]

@@ -176,6 +176,27 @@ class TinyRoberta(TinyBert):
         return self.head(x[:, 0])
 
 
+class TinyOpt(TinyBert):
+    """An OPT-style decoder as transformers writes it: pre-LN causal attention, and the
+    feed-forward block run on the tokens flattened to (N·T, D) rows, its residual sum taken on
+    the rows, reshaped back to (N, T, D) before the next attention."""
+
+    def forward(self, ids):
+        x = self.tok(ids) + self.pos
+        n, t, d = x.shape
+        h = self.heads
+        mask = torch.triu(torch.ones(t, t, dtype=torch.bool), 1)
+        for b in self.blocks:
+            y = b["ln1"](x)
+            q, k, v = b["qkv"](y).reshape(n, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+            scores = (q @ k.transpose(-1, -2) / (d // h) ** 0.5).masked_fill(mask, float("-inf"))
+            x = x + b["proj"]((scores.softmax(-1) @ v).transpose(1, 2).reshape(n, t, d))
+            shape = x.shape
+            rows = x.reshape(-1, d)
+            x = (rows + b["fc2"](torch.relu(b["fc1"](b["ln2"](rows))))).view(shape)
+        return self.head(self.ln0(x))
+
+
 class TinyVit(nn.Module):
     """A ViT: 4x4 patches of a 3x16x16 image, a class token, learned positions, blocks built
     on nn.MultiheadAttention (torchvision's layout: seq-first inside, q/k/v packed)."""
@@ -523,6 +544,7 @@ SAMPLES = {
     "bert_tiny": (lambda: (TinyBert(), (16,), 1000), False),
     "gpt_tiny": (lambda: (TinyGpt(), (16,), 1000), False),
     "roberta_tiny": (lambda: (TinyRoberta(), (16,), 1000), False),
+    "opt_tiny": (lambda: (TinyOpt(), (16,), 1000), False),
     # 4 blocks, training mode without constant folding: Linear weights reach MatMul through Transpose
     "bert_train": (lambda: (TinyBert(layers=4), (16,), 1000), True),
     # nn.MultiheadAttention in training mode: q/k/v stacked on axis 0 and indexed with Gather

@@ -50,24 +50,31 @@ def broadcast(node, rule, ctx):
 
 
 ROW_WISE = {"BatchNormalization", "Identity", "Cast", "Dropout", "Relu", "LeakyRelu", "Gelu", "HardSwish",
-            "Sigmoid", "Tanh", "Mul", "Add", "Sub", "Div"}
+            "Sigmoid", "Tanh", "Mul", "Add", "Sub", "Div", "LayerNormalization", "MatMul", "Gemm", "Erf", "Pow",
+            "Sqrt", "Softplus", "Elu", "Selu"}
 
 
-def _row_share(ctx, name: str, limit: int = 8):
+def _row_share(ctx, name: str, limit: int = 12):
     """The share common to all tokens remembered for rows (``ctx.row_shared``), also through ops
-    that act on each row alone (LeViT: Flatten(tokens into rows) -> BatchNormalization -> Reshape)."""
+    that act on each row alone (LeViT: Flatten(tokens into rows) -> BatchNormalization -> Reshape;
+    OPT: its feed-forward block on (T·N, E) rows, LayerNorm -> fc1 -> ReLU -> fc2), and through
+    a sum of rows (the residual Add): share = sum_i share_i nu_i / sum_i nu_i."""
     graph = ctx.graph
-    for _ in range(limit):
-        if name in ctx.row_shared:
-            return ctx.row_shared[name]
-        node = graph.producer.get(name)
-        if node is None or node.op_type not in ROW_WISE or node.domain not in ("", "ai.onnx"):
-            return None
-        signals = [i for i in node.input if i and ctx.is_signal(i)]
-        if len(signals) != 1:
-            return None
-        name = signals[0]
-    return None
+    if name in ctx.row_shared:
+        return ctx.row_shared[name]
+    node = graph.producer.get(name)
+    if limit <= 0 or node is None or node.op_type not in ROW_WISE or node.domain not in ("", "ai.onnx"):
+        return None
+    signals = [i for i in node.input if i and ctx.is_signal(i)]
+    if len(signals) == 1:
+        return _row_share(ctx, signals[0], limit - 1)
+    if node.op_type not in ("Add", "Sub") or len(signals) != 2:
+        return None
+    shares = [_row_share(ctx, i, limit - 1) for i in signals]
+    variances = [ctx.moments[i].var for i in signals]
+    if any(share is None for share in shares) or sum(variances) <= 0:
+        return None
+    return sum(share * v for share, v in zip(shares, variances)) / sum(variances)
 
 
 def _pooled(ctx, sig: Signal, x, out, batch_first: bool = True):
@@ -93,11 +100,67 @@ def _pooled(ctx, sig: Signal, x, out, batch_first: bool = True):
         across_units = float(np.sum(w * (over_tokens - m.mean) ** 2) / np.sum(w))
         shared = min(float(np.sum(w * shared_s) / np.sum(w)) + across_units, m.var)
     if ctx.has_positions(x) and not positions and m.var > 0:
-        ctx.row_shared[out] = shared / m.var
+        ctx.row_shared[out] = _common_to_all_tokens(sig, m) / m.var
     elif positions and (share := _row_share(ctx, x)) is not None:
         shared = share * m.var
     return gaussian(out, m.mean, shared if positions else m.var, m.var - shared if positions else 0.0,
                     (None,) * rank, positions)
+
+
+def _rows_and_tokens(ctx, sig: Signal, x, out, dims_in, dims_out):
+    """Tokens flattened to rows, (N, T, ..., D) -> (N·T·..., D), or rows reshaped back to
+    tokens, the unit axis D kept (OPT runs its feed-forward block on rows): each unit keeps its
+    own mean, variance and share common to all tokens, pooled over the tokens, instead of one
+    pooled Gaussian (which turned every unit's fixed offset into variance shared by all units:
+    the next attention's values, V = m_u + ..., read it as such and their output came out 0.5
+    where 1 was predicted). None when the unit axis is not kept or carries no sites."""
+    d_in, d_out = (dims_in or [None])[-1], (dims_out or [None])[-1]
+    to_rows = ctx.has_positions(x) and not ctx.has_positions(out)
+    to_tokens = ctx.has_positions(out) and not ctx.has_positions(x)
+    if d_in is None or d_in != d_out or not (to_rows or to_tokens) or sig.rank < 2 or sig.axes[-1] is None:
+        return None
+    mean_s, var_s, shared_s = sig.stats()
+    w = np.broadcast_to(sig.site_weights(), mean_s.shape)
+    others = tuple(range(mean_s.ndim - 1))
+    total = w.sum(axis=others)
+
+    def per_unit(v):
+        return (np.broadcast_to(v, mean_s.shape) * w).sum(axis=others) / total
+
+    mean = per_unit(mean_s)
+    var = np.maximum(per_unit(var_s + mean_s ** 2) - mean ** 2, 0.0)
+    unit_weights = total / total.sum()
+    if to_rows:
+        # the share of each unit's variance equal for all tokens (its means are kept apart)
+        if np.sum(unit_weights * var) > 0:
+            ctx.row_shared[out] = float(np.sum(unit_weights * np.minimum(per_unit(shared_s), var))
+                                        / np.sum(unit_weights * var))
+        shared, within = var, np.zeros_like(var)
+    else:
+        share = _row_share(ctx, x)
+        if share is None:
+            m = sig.moments()
+            share = m.shared / m.var if m.var > 0 else 0.0
+        shared = np.minimum(share * var, var)
+        within = var - shared
+    rank = ctx.rank(out) or len(dims_out)
+    shape = [1] * (rank - 1) + [mean.size]
+    axes = (None,) * (rank - 1) + (sig.axes[-1],)
+    return gaussian(out, mean.reshape(shape), shared.reshape(shape), within.reshape(shape), axes,
+                    ctx.has_positions(out))
+
+
+def _common_to_all_tokens(sig: Signal, m) -> float:
+    """The part of the variance equal for every token of a sample, units on the last axis: the
+    sample roots' variance and the spread across units of their means averaged over the
+    tokens. A pattern fixed per token (position rows) is not part of it: it differs from
+    token to token, and an attention over the rows mixes it as it mixes the tokens."""
+    mean_s, _, shared_s = sig.stats()
+    w = np.broadcast_to(sig.site_weights(), mean_s.shape)
+    tokens = tuple(range(mean_s.ndim - 1))
+    per_unit = (w * mean_s).sum(axis=tokens, keepdims=True) / np.maximum(w.sum(axis=tokens, keepdims=True), 1e-300)
+    across_units = float(np.sum(w * (per_unit - m.mean) ** 2) / np.sum(w))
+    return min(float(np.sum(w * shared_s) / np.sum(w)) + across_units, m.var)
 
 
 def _kept_prefix(ctx, sig: Signal, dims_in, dims_out, out):
@@ -263,7 +326,8 @@ def reshape(node, rule, ctx):
             ctx.set(out, kept)
             return
         seq_first = bool(dims_in) and dims_in[0] is not None and dims_in[0] > 1 and None in dims_in[1:2]
-        ctx.set(out, _pooled(ctx, sig, x, out, batch_first=not seq_first))
+        ctx.set(out, _rows_and_tokens(ctx, sig, x, out, dims_in, dims_out)
+                or _pooled(ctx, sig, x, out, batch_first=not seq_first))
         return
     r = len(sig.roots)
     kept_in = [a for a in range(1, len(dims_in)) if dims_in[a] != 1]
@@ -279,7 +343,7 @@ def reshape(node, rule, ctx):
         return
     inner_in, inner_out = int(np.prod(dims_in[1:])), int(np.prod(dims_out[1:]))
     if inner_in != inner_out or inner_in > EXPAND_LIMIT:
-        ctx.set(out, _pooled(ctx, sig, x, out))
+        ctx.set(out, _rows_and_tokens(ctx, sig, x, out, dims_in, dims_out) or _pooled(ctx, sig, x, out))
         return
     full = _expanded(sig, dims_in)
     values = full.values.reshape(tuple(sig.grid_shape) + (1,) + tuple(dims_out[1:]))

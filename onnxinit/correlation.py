@@ -14,7 +14,9 @@ with z_j, a_j = E[x_j z_j] for the root z_j carrying unit j),
 so a narrow layer's realized output is predicted for its very weights, not only on average
 over draws. R is kept per root (``ctx.unit_correlation``: root name -> LazyCorrelation)
 and computed only when a later pointwise layer reads it. A sum of such signals (a residual
-stream) carries the sum of their covariances on its fresh root.
+stream) carries the sum of their covariances on its fresh root. A conv with a spatial kernel
+and a small fan-in (a stem conv) correlates its channels the same way
+(``_remember_conv_correlation``).
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ MAX_CORRELATED_UNITS = 2048        # dense layers without positions up to this w
 MAX_CORRELATED_POSITIONWISE = 512  # ... 1x1 convs and dense layers on positions (token rows): the correlations
 #                                    are about 1/sqrt(fan-in), they matter for narrow layers, and reading
 #                                    them costs out x units^2
+MAX_CORRELATED_FAN = 128           # convs with a spatial kernel: only a small fan-in (a stem conv reading 3 x 3 x 3
+#                                    inputs) leaves correlations that matter (about 1/sqrt(fan-in))
 
 
 class LazyCorrelation:
@@ -92,23 +96,35 @@ def _linked(sig, ctx, kinds=("element", "sample")):
 
 
 def cross_terms(sig, ctx, axis: int):
-    """(a, R, part) when the input units along ``axis`` are functions of the unit root of one
-    earlier pointwise layer; ``part``: "within" where that root varies from position to
-    position (the covariance then averages away in a pooling over positions), else "shared"."""
+    """(a, R, part) when the input units along ``axis`` are functions of the unit roots of
+    earlier pointwise layers; ``part``: "within" where those roots vary from position to
+    position (the covariance then averages away in a pooling over positions), else "shared".
+    Several such roots (a residual sum kept on its inputs' grid, where one input is not
+    Gaussian) add their covariances: a = 1 and R = I + sum_r (a_r a_r^T R_r - diag(a_r^2))."""
     linked = _linked(sig, ctx)
-    if len(linked) != 1:
+    if not linked:
         return None
-    i, lazy = linked[0]
     sites = sig.axes[axis]
-    if sites is not None and sites.size != lazy.units:
+    parts = {"element" if sig.roots[i].kind == "element" else "shared" for i, _ in linked}
+    if len(parts) != 1 or any(sites is not None and sites.size != lazy.units for _, lazy in linked) \
+            or len({lazy.units for _, lazy in linked}) != 1:
         return None
-    corr = lazy.matrix
-    if corr is None:
-        return None
-    a = linear_part(sig, i, axis)
-    if a.size == 1:
-        a = np.full(lazy.units, a[0])
-    return a, corr, "within" if sig.roots[i].kind == "element" else "shared"
+    part = "within" if parts == {"element"} else "shared"
+    terms = []
+    for i, lazy in linked:
+        corr = lazy.matrix
+        if corr is None:
+            return None
+        a = linear_part(sig, i, axis)
+        terms.append((np.full(lazy.units, a[0]) if a.size == 1 else a, corr))
+    if len(terms) == 1:
+        return terms[0][0], terms[0][1], part
+    units = linked[0][1].units
+    combined = np.eye(units)
+    for a, corr in terms:
+        combined += np.outer(a, a) * corr
+        combined[np.diag_indices(units)] -= a * a
+    return np.ones(units), combined, part
 
 
 def remember_layer_correlation(layer, signal, ctx) -> None:
@@ -116,6 +132,9 @@ def remember_layer_correlation(layer, signal, ctx) -> None:
     them: the one root of a dense output without positions, else the element root (inputs'
     variances: the part varying from position to position)."""
     layout, out_units = layer.layout, layer.layout.canonical_shape[0]
+    if layout.kind == "conv" and not pointwise(layout) and out_units >= 2:
+        _remember_conv_correlation(layer, signal, ctx)
+        return
     if not pointwise(layout) or out_units < 2:
         return
     if signal.rank == 2 and len(signal.roots) == 1 and layout.kind != "conv":
@@ -180,3 +199,38 @@ def remember_sum_correlation(signals, result, ctx) -> None:
         return corr
 
     ctx.unit_correlation[target.name] = LazyCorrelation(compute, axis, units)
+
+
+def _remember_conv_correlation(layer, signal, ctx) -> None:
+    """Channels of an ungrouped conv with a spatial kernel and a small fan-in (a stem conv
+    reading 3 x 3 x 3 inputs), at one position, for inputs independent from position to
+    position (each tap reads another position):
+
+        Cov(y_j, y_k) = alpha^2 sum_{i,t} C_jit C_kit nu_i,
+
+    registered on the output's element root. A depthwise conv does not pass it on: its taps
+    read the neighbours of a spatially correlated map, whose cross-position covariances the
+    rules do not carry (tried: MobileNetV3's prediction got worse)."""
+    layout = layer.layout
+    out_units, fan, taps = layout.canonical_shape
+    root = next((r for r in signal.roots if r.kind == "element"), None)
+    if root is None or layout.group_count != 1 or fan * taps > MAX_CORRELATED_FAN \
+            or out_units > MAX_CORRELATED_POSITIONWISE or signal.rank < 3 \
+            or signal.axes[1] is None or signal.axes[1].size != out_units:
+        return
+    weight, scale = layer.weight, layer.scale
+    var_in = _per_tap_variance(layer).reshape(-1)                             # per (channel, tap)
+    ctx.unit_correlation[root.name] = LazyCorrelation(
+        lambda: unit_correlation(layout.to_canonical(ctx.value(weight)).reshape(out_units, fan * taps, 1),
+                                 var_in, scale), 1 - signal.rank, out_units)
+
+
+def _per_tap_variance(layer) -> np.ndarray:
+    """nu_e of each input channel at each tap, averaged over the output sites (0 where the tap
+    falls in the padding): (channels, taps)."""
+    within = np.asarray(layer.inputs[2], np.float64)                     # (channels, taps, distinct sites)
+    valid = np.asarray(layer.inputs[3], np.float64)                      # (taps, sites)
+    if layer.inverse is not None:
+        within = within[:, :, layer.inverse]
+    sw = np.broadcast_to(layer.site_weights, (within.shape[-1],))
+    return np.einsum("cto,to,o->ct", within, np.broadcast_to(valid, within.shape[1:]), sw / sw.sum())

@@ -34,6 +34,7 @@ from .transformer import matmul_product
 
 FEW_TAPS = 64      # fan-in (input channels x taps per output) up to which a conv's output shape is kept,
 FEW_CHANNELS = 4   # for convs with a spatial kernel and at most this many input channels per group (depthwise)
+FEW_INPUTS = 32    # ... and for pointwise convs reading this many channels at most (LCNet-050's 8 to 32)
 
 
 @dataclass
@@ -363,7 +364,8 @@ def weighted(node, rule, ctx):
             *arrays, axes = pool_positions(*arrays, axes, layer.site_weights.reshape([1, 1] + site_shape[2:]))
         signal = gaussian(out, *arrays, axes, positions)
         _, fan, taps = layout.canonical_shape
-        if layout.kind == "conv" and positions and taps > 1 and fan <= FEW_CHANNELS and fan * taps <= FEW_TAPS:
+        if layout.kind == "conv" and positions and (taps > 1 and fan <= FEW_CHANNELS and fan * taps <= FEW_TAPS
+                                                    or taps == 1 and fan <= FEW_INPUTS):
             signal = _few_taps_shape(signal, layout, layout.to_canonical(ctx.value(weight)), ctx.signal(x), alpha)
     elif dense is not None:
         axes, axis, rest_shape = dense

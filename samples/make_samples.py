@@ -139,8 +139,11 @@ class TinyGpt(TinyBert):
             q, k, v = b["qkv"](y).reshape(n, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
             scores = (q @ k.transpose(-1, -2) / (d // h) ** 0.5).masked_fill(mask, float("-inf"))
             x = x + b["proj"]((scores.softmax(-1) @ v).transpose(1, 2).reshape(n, t, d))
-            x = x + b["fc2"](nn.functional.gelu(b["fc1"](b["ln2"](x))))
+            x = self.feed_forward(b, x)
         return self.head(self.ln0(x))
+
+    def feed_forward(self, b, x):
+        return x + b["fc2"](nn.functional.gelu(b["fc1"](b["ln2"](x))))
 
 
 class TinyRoberta(TinyBert):
@@ -176,25 +179,14 @@ class TinyRoberta(TinyBert):
         return self.head(x[:, 0])
 
 
-class TinyOpt(TinyBert):
+class TinyOpt(TinyGpt):
     """An OPT-style decoder as transformers writes it: pre-LN causal attention, and the
     feed-forward block run on the tokens flattened to (N·T, D) rows, its residual sum taken on
     the rows, reshaped back to (N, T, D) before the next attention."""
 
-    def forward(self, ids):
-        x = self.tok(ids) + self.pos
-        n, t, d = x.shape
-        h = self.heads
-        mask = torch.triu(torch.ones(t, t, dtype=torch.bool), 1)
-        for b in self.blocks:
-            y = b["ln1"](x)
-            q, k, v = b["qkv"](y).reshape(n, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
-            scores = (q @ k.transpose(-1, -2) / (d // h) ** 0.5).masked_fill(mask, float("-inf"))
-            x = x + b["proj"]((scores.softmax(-1) @ v).transpose(1, 2).reshape(n, t, d))
-            shape = x.shape
-            rows = x.reshape(-1, d)
-            x = (rows + b["fc2"](torch.relu(b["fc1"](b["ln2"](rows))))).view(shape)
-        return self.head(self.ln0(x))
+    def feed_forward(self, b, x):
+        rows = x.reshape(-1, x.shape[-1])
+        return (rows + b["fc2"](torch.relu(b["fc1"](b["ln2"](rows))))).view(x.shape)
 
 
 class TinyVit(nn.Module):

@@ -302,7 +302,7 @@ def test_feed_forward_on_token_rows_keeps_each_units_offset():
     flattened to (N·T, D) rows and reshapes the residual sum back. Pooled to one Gaussian there,
     each unit's fixed offset became variance common to all units and tokens, and the next
     attention's values kept it whole: its projection measured 0.5 for a predicted 1 (worst
-    layer 73-99% off over seeds 0-3, 4-11% now)."""
+    layer 73-99% off over seeds 0-3, 2-14% now)."""
     path = next(p for p in ALL_SAMPLES if p.stem == "opt_tiny")
     for seed in (0, 1):
         _, report, layers = _predicted_and_measured(path, seed=seed, batch=512)

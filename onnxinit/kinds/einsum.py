@@ -82,7 +82,7 @@ def einsum(node, rule, ctx):
         weight_at = signals.index(False)
         if not signals[1 - weight_at] or not ctx.graph.is_weight(node.input[weight_at]):
             raise Unsupported(f"einsum {equation!r} of a signal and a constant that is not a weight")
-        return dense_general(node, rule, ctx, (a, b)[1 - weight_at], (a, b)[weight_at], out,
+        return dense_general(node, ctx, (a, b)[1 - weight_at], (a, b)[weight_at], out,
                              node.input[1 - weight_at], node.input[weight_at])
     contracted = (set(a) & set(b)) - set(out)
     if set(out) != (set(a) | set(b)) - contracted:
@@ -95,7 +95,7 @@ def einsum(node, rule, ctx):
     product_of_independent(node.output[0], first, second, k, ctx, key_axis)
 
 
-def dense_general(node, rule, ctx, a: str, w: str, out: str, x: str, weight: str):
+def dense_general(node, ctx, a: str, w: str, out: str, x: str, weight: str):
     """y[batch, U] = sum_K x[batch, K] W[K, U] with the letters of W in any order: K the letters
     x and W share (summed), U the letters of W alone (output units), batch the letters of x
     alone. A weighted layer with canonical weights C[u, k] = W permuted to (U, K): per output

@@ -179,6 +179,25 @@ class TinyRoberta(TinyBert):
         return self.head(x[:, 0])
 
 
+class TinyDeberta(TinyBert):
+    """Heads merged into the batch as transformers' DeBERTa-v2 writes its attention: q, k, v as
+    (N·H, T, d) for batched products, the scores viewed as (N, H, T, T) for the softmax and
+    back to (N·H, T, T) before the values."""
+
+    def forward(self, ids):
+        x = self.ln0(self.tok(ids) + self.pos)
+        n, t, d = x.shape
+        h = self.heads
+        for b in self.blocks:
+            q, k, v = b["qkv"](x).reshape(n, t, 3, h, d // h).permute(2, 0, 3, 1, 4).reshape(3, n * h, t, d // h)
+            scores = torch.bmm(q, k.transpose(1, 2)) / (d // h) ** 0.5
+            probabilities = scores.view(n, h, t, t).softmax(-1).view(n * h, t, t)
+            att = torch.bmm(probabilities, v).view(n, h, t, d // h).permute(0, 2, 1, 3).reshape(n, t, d)
+            x = b["ln1"](x + b["proj"](att))
+            x = b["ln2"](x + b["fc2"](nn.functional.gelu(b["fc1"](x))))
+        return self.head(x[:, 0])
+
+
 class TinyOpt(TinyGpt):
     """An OPT-style decoder as transformers writes it: pre-LN causal attention, and the
     feed-forward block run on the tokens flattened to (N·T, D) rows, its residual sum taken on
@@ -537,6 +556,7 @@ SAMPLES = {
     "gpt_tiny": (lambda: (TinyGpt(), (16,), 1000), False),
     "roberta_tiny": (lambda: (TinyRoberta(), (16,), 1000), False),
     "opt_tiny": (lambda: (TinyOpt(), (16,), 1000), False),
+    "deberta_tiny": (lambda: (TinyDeberta(), (16,), 1000), False),
     # 4 blocks, training mode without constant folding: Linear weights reach MatMul through Transpose
     "bert_train": (lambda: (TinyBert(layers=4), (16,), 1000), True),
     # nn.MultiheadAttention in training mode: q/k/v stacked on axis 0 and indexed with Gather

@@ -150,6 +150,43 @@ def _rows_and_tokens(ctx, sig: Signal, x, out, dims_in, dims_out):
                     ctx.has_positions(out))
 
 
+def _kept_suffix(ctx, sig: Signal, x, out, dims_in, dims_out):
+    """A reshape that regroups the leading axes with the batch and leaves the trailing ones as
+    they are: DeBERTa's heads merged into the batch, (N, H, T, d) -> (N·H, T, d), and back.
+    The trailing axes keep their sites (a pattern fixed per token stays one, which an attention
+    over the tokens averages instead of keeping whole); what differs along the merged axes (a
+    head's unit offsets) becomes a per-row constant: shared. None when no trailing axis is
+    kept or has sites, or the reshape changes whether the tensor has positions."""
+    if not dims_in or not dims_out or ctx.has_positions(x) != ctx.has_positions(out):
+        return None
+    k = 0
+    while k < min(len(dims_in), len(dims_out)) - 1 and dims_in[-1 - k] is not None \
+            and dims_in[-1 - k] == dims_out[-1 - k]:
+        k += 1
+    if k == 0 or k >= sig.rank or all(a is None for a in sig.axes[-k:]):
+        return None
+    mean_s, var_s, shared_s = sig.stats()
+    w = np.broadcast_to(sig.site_weights(), mean_s.shape)
+    lead = tuple(range(mean_s.ndim - k))
+    total = w.sum(axis=lead)
+
+    def pool(v):
+        return (np.broadcast_to(v, mean_s.shape) * w).sum(axis=lead) / total
+
+    mean = pool(mean_s)
+    var = np.maximum(pool(var_s + mean_s ** 2) - mean ** 2, 0.0)
+    # per merged row, the part of the means equal along the kept position axes (all kept axes
+    # but the last, the units): its spread across rows is shared, the rest varies by token
+    tokens = tuple(range(mean_s.ndim - k, mean_s.ndim - 1))
+    row_const = (mean_s * w).sum(axis=tokens, keepdims=True) / w.sum(axis=tokens, keepdims=True) if tokens \
+        else mean_s
+    shared = np.clip(pool(shared_s) + pool(row_const ** 2) - pool(row_const) ** 2, 0.0, var)
+    rank = ctx.rank(out) or len(dims_out)
+    shape = [1] * (rank - k) + list(mean.shape)
+    return gaussian(out, mean.reshape(shape), shared.reshape(shape), (var - shared).reshape(shape),
+                    (None,) * (rank - k) + tuple(sig.axes[-k:]), ctx.has_positions(out))
+
+
 def _common_to_all_tokens(sig: Signal, m) -> float:
     """The part of the variance equal for every token of a sample, units on the last axis: the
     sample roots' variance and the spread across units of their means averaged over the
@@ -327,6 +364,7 @@ def reshape(node, rule, ctx):
             return
         seq_first = bool(dims_in) and dims_in[0] is not None and dims_in[0] > 1 and None in dims_in[1:2]
         ctx.set(out, _rows_and_tokens(ctx, sig, x, out, dims_in, dims_out)
+                or _kept_suffix(ctx, sig, x, out, dims_in, dims_out)
                 or _pooled(ctx, sig, x, out, batch_first=not seq_first))
         return
     r = len(sig.roots)
@@ -343,7 +381,8 @@ def reshape(node, rule, ctx):
         return
     inner_in, inner_out = int(np.prod(dims_in[1:])), int(np.prod(dims_out[1:]))
     if inner_in != inner_out or inner_in > EXPAND_LIMIT:
-        ctx.set(out, _rows_and_tokens(ctx, sig, x, out, dims_in, dims_out) or _pooled(ctx, sig, x, out))
+        ctx.set(out, _rows_and_tokens(ctx, sig, x, out, dims_in, dims_out)
+                or _kept_suffix(ctx, sig, x, out, dims_in, dims_out) or _pooled(ctx, sig, x, out))
         return
     full = _expanded(sig, dims_in)
     values = full.values.reshape(tuple(sig.grid_shape) + (1,) + tuple(dims_out[1:]))

@@ -134,12 +134,13 @@ TRANSPARENT_TO_ROWS = {"Identity", "Cast", "Dropout"}
 
 
 def _through_copies(name: str, ctx) -> str:
-    """Back from ``name`` through Identity / Cast / Dropout, and through a Where whose condition
-    is a known constant that picks one side everywhere (RoBERTa's masked fill of fully masked
-    rows, Where(mask == 0 everywhere, 0, probabilities), with a mask of ones)."""
+    """Back from ``name`` through Identity / Cast / Dropout, a reshape that keeps the last two
+    axes (DeBERTa merges the heads into the batch: (N, H, T, T) -> (N·H, T, T)), and a Where
+    whose condition is a known constant that picks one side everywhere (RoBERTa's masked fill
+    of fully masked rows, Where(mask == 0 everywhere, 0, probabilities), with a mask of ones)."""
     graph = ctx.graph
     while (node := graph.producer.get(name)) is not None and node.domain in ("", "ai.onnx"):
-        if node.op_type in TRANSPARENT_TO_ROWS:
+        if node.op_type in TRANSPARENT_TO_ROWS or node.op_type in ROW_RESHAPES and _keeps_rows(node, ctx):
             name = node.input[0]
             continue
         condition = ctx.value(node.input[0]) if node.op_type == "Where" else None
@@ -152,6 +153,16 @@ def _through_copies(name: str, ctx) -> str:
         else:
             break
     return name
+
+
+ROW_RESHAPES = {"Reshape", "Squeeze", "Unsqueeze", "Flatten"}
+
+
+def _keeps_rows(node, ctx) -> bool:
+    """Does this reshape leave the last two axes (queries, keys) as they are?"""
+    dims_in, dims_out = ctx.graph.static_dims(node.input[0]), ctx.graph.static_dims(node.output[0])
+    return bool(dims_in) and bool(dims_out) and len(dims_in) >= 2 and len(dims_out) >= 2 \
+        and None not in dims_in[-2:] and dims_in[-2:] == dims_out[-2:]
 
 
 def rows_sum_to_one(name: str, ctx) -> bool:

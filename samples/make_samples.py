@@ -189,7 +189,8 @@ class TinyDeberta(TinyBert):
         n, t, d = x.shape
         h = self.heads
         for b in self.blocks:
-            q, k, v = b["qkv"](x).reshape(n, t, 3, h, d // h).permute(2, 0, 3, 1, 4).reshape(3, n * h, t, d // h)
+            q, k, v = (part.permute(0, 2, 1, 3).reshape(n * h, t, d // h)
+                       for part in b["qkv"](x).reshape(n, t, 3, h, d // h).unbind(2))
             scores = torch.bmm(q, k.transpose(1, 2)) / (d // h) ** 0.5
             probabilities = scores.view(n, h, t, t).softmax(-1).view(n * h, t, t)
             att = torch.bmm(probabilities, v).view(n, h, t, d // h).permute(0, 2, 1, 3).reshape(n, t, d)

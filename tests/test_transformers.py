@@ -317,7 +317,7 @@ def test_heads_merged_into_the_batch_keep_what_each_token_carries():
     reshape back hid the softmax from the attention rule (the product of independent factors
     instead), and the merge pooled each token's fixed position pattern into variance shared by
     all tokens: the second attention projection measured 2.6-3.1 for a predicted 1 (worst layer
-    62-68% off over seeds 0-3, 7-27% now, the 10-unit head the worst)."""
+    66-70% off over seeds 0-3, 6-13% now)."""
     path = next(p for p in ALL_SAMPLES if p.stem == "deberta_tiny")
     for seed in (0, 1):
         _, report, layers = _predicted_and_measured(path, seed=seed, batch=512)

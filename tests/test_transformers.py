@@ -279,6 +279,20 @@ def test_scores_keep_what_differs_from_key_to_key_in_the_keys_means():
     assert abs(predicted / measured - 1) < 0.15, (predicted, measured)
 
 
+def _every_layer_predicted(stem, seeds=(0, 1), tolerance=0.15):
+    """autoinit a sample per seed: no fallback or warning, and every weighted layer's predicted
+    variance within ``tolerance`` of ONNX Runtime's (batch 512); the reports, for more checks."""
+    path = next(p for p in ALL_SAMPLES if p.stem == stem)
+    reports = []
+    for seed in seeds:
+        _, report, layers = _predicted_and_measured(path, seed=seed, batch=512)
+        assert not report.fallbacks and not report.warnings, report.warnings
+        for r, var in layers:
+            assert abs(r.output.var - var) <= tolerance * var, (seed, r.node, r.output.var, var)
+        reports.append(report)
+    return reports
+
+
 def test_roberta_style_ids_positions_and_masked_fill_are_followed():
     """transformers' RoBERTa (samples/roberta_tiny.onnx, made the same way): position ids are
     computed from the token ids (cumsum of ids != padding), so they counted as input-dependent
@@ -288,13 +302,8 @@ def test_roberta_style_ids_positions_and_masked_fill_are_followed():
     softmax goes through Where(mask == 0, 0, p), a known condition picking p everywhere, before
     the values. Worst weighted layer, |predicted - measured| / measured, over seeds 0-3: 7-20%
     (71-84% before, the second block's attention projection measured 2.9 for a predicted 1)."""
-    path = next(p for p in ALL_SAMPLES if p.stem == "roberta_tiny")
-    for seed in (0, 1):
-        model, report, layers = _predicted_and_measured(path, seed=seed, batch=512)
-        assert not report.fallbacks and not report.warnings, report.warnings
-        assert [e["node"] for e in report.extra["embeddings"]] and len(report.extra["embeddings"]) == 3
-        for r, var in layers:
-            assert abs(r.output.var - var) <= 0.15 * var, (seed, r.node, r.output.var, var)
+    for report in _every_layer_predicted("roberta_tiny"):
+        assert len(report.extra["embeddings"]) == 3
 
 
 def test_feed_forward_on_token_rows_keeps_each_units_offset():
@@ -303,12 +312,7 @@ def test_feed_forward_on_token_rows_keeps_each_units_offset():
     each unit's fixed offset became variance common to all units and tokens, and the next
     attention's values kept it whole: its projection measured 0.5 for a predicted 1 (worst
     layer 73-99% off over seeds 0-3, 2-14% now)."""
-    path = next(p for p in ALL_SAMPLES if p.stem == "opt_tiny")
-    for seed in (0, 1):
-        _, report, layers = _predicted_and_measured(path, seed=seed, batch=512)
-        assert not report.fallbacks and not report.warnings, report.warnings
-        for r, var in layers:
-            assert abs(r.output.var - var) <= 0.15 * var, (seed, r.node, r.output.var, var)
+    _every_layer_predicted("opt_tiny")
 
 
 def test_heads_merged_into_the_batch_keep_what_each_token_carries():
@@ -318,12 +322,7 @@ def test_heads_merged_into_the_batch_keep_what_each_token_carries():
     instead), and the merge pooled each token's fixed position pattern into variance shared by
     all tokens: the second attention projection measured 2.6-3.1 for a predicted 1 (worst layer
     66-70% off over seeds 0-3, 6-13% now)."""
-    path = next(p for p in ALL_SAMPLES if p.stem == "deberta_tiny")
-    for seed in (0, 1):
-        _, report, layers = _predicted_and_measured(path, seed=seed, batch=512)
-        assert not report.fallbacks and not report.warnings, report.warnings
-        for r, var in layers:
-            assert abs(r.output.var - var) <= 0.15 * var, (seed, r.node, r.output.var, var)
+    _every_layer_predicted("deberta_tiny")
 
 
 def test_position_table_above_the_cache_limit_is_drawn_as_an_embedding():

@@ -29,19 +29,25 @@ def _shape(ctx, name):
     return dims
 
 
-def softmax_tilt(scores: np.ndarray, element: np.ndarray, p: np.ndarray, within: float) -> float:
-    """tau = (E[(sum_j p_j e_j)^2] - E[sum_j p_j^2] nu_e) / nu_e for a softmax over the last axis,
-    e_j the part of score j that varies from key to key (variance nu_e), p the softmax.
+def softmax_tilt(scores: np.ndarray, element: np.ndarray, p: np.ndarray, within: float, row_var=None) -> float:
+    """tau = E[(sum_j p_j e_j / sigma)^2] - E[sum_j p_j^2] for a softmax over the last axis,
+    e_j the part of score j that varies from key to key, sigma^2 its variance (``row_var`` per
+    row where the rows' spreads differ, each query's own: scores.py; else ``within``), p the
+    softmax.
 
     The keys' scores and values are projections of the same tokens, so each value channel
-    has about 1/D of its token-to-token variance along the score direction (D the tokens'
-    width): P @ V then gains nu_v tau / D over the independent product (kinds/transformer.py)."""
+    has about 1/D of its token-to-token variance along a query's score direction (D the
+    tokens' width), and a softmax moves the values' average along that direction by
+    sum_j p_j e_j / sigma of the tokens' spread: P @ V then gains nu_v tau / D over the
+    independent product (kinds/transformer.py). A query whose scores spread more moves further
+    along its direction, its values no more: each row is measured in its own units."""
     if not within > 0:
         return 0.0
     valid = np.isfinite(scores)
     e = np.where(valid, element, 0.0)
-    tilted = np.sum(p * e, axis=-1)
-    return float((np.mean(tilted ** 2) - np.mean(np.sum(p * p, axis=-1)) * within) / within)
+    scale = np.sqrt(np.maximum(row_var, 1e-30)) if row_var is not None else np.sqrt(within)
+    tilted = np.sum(p * e / scale, axis=-1)
+    return float(np.mean(tilted ** 2) - np.mean(np.sum(p * p, axis=-1)))
 
 
 def query_overlap(p: np.ndarray) -> tuple | None:
@@ -62,10 +68,9 @@ def query_overlap(p: np.ndarray) -> tuple | None:
     return float(np.mean(kappa)), float(np.mean(squares) / queries)
 
 
-def draw_samples(sig, dims, rng, parts=None):
-    """Samples of shape dims (batch filled in) from the signal's per-site Gaussian statistics:
-    the shared part drawn once per (sample, channel) and equal at every position (axes 2, ...),
-    the rest per element (a part common to a whole attention row cancels in its softmax)."""
+def site_grid(sig, dims):
+    """(mean, var, shared) of every element of a tensor of shape ``dims``: its site's statistics
+    (shared clipped to [0, var])."""
     mean, var, shared = sig.stats()
     index = []
     for a, (sites, d) in enumerate(zip(sig.axes, dims)):
@@ -75,11 +80,18 @@ def draw_samples(sig, dims, rng, parts=None):
             index.append(sites.index_of(np.arange(d)))
     grid = np.ix_(*index)
     site_shape = [1 if s is None else s.size for s in sig.axes]
-    m = np.broadcast_to(mean, site_shape)[grid]
     v = np.broadcast_to(var, site_shape)[grid]
+    return (np.broadcast_to(mean, site_shape)[grid], v,
+            np.clip(np.broadcast_to(shared, site_shape)[grid], 0.0, v))
+
+
+def draw_samples(sig, dims, rng, parts=None):
+    """Samples of shape dims (batch filled in) from the signal's per-site Gaussian statistics:
+    the shared part drawn once per (sample, channel) and equal at every position (axes 2, ...),
+    the rest per element (a part common to a whole attention row cancels in its softmax)."""
+    m, v, s = site_grid(sig, dims)
     if len(dims) < 3:
         return m + np.sqrt(v) * rng.standard_normal(dims)
-    s = np.clip(np.broadcast_to(shared, site_shape)[grid], 0.0, v)
     per_sample = rng.standard_normal(list(dims[:2]) + [1] * (len(dims) - 2))
     element = np.sqrt(v - s) * rng.standard_normal(dims)
     if parts is not None:

@@ -87,6 +87,7 @@ class Propagation:
     row_shared: dict = field(default_factory=dict)   # token rows (T·N, E): share common to all tokens
     softmax_tilt: dict = field(default_factory=dict)  # softmax output: tau (montecarlo.softmax_tilt)
     query_overlap: dict = field(default_factory=dict)  # softmax output: (kappa, d) (montecarlo.query_overlap)
+    score_factors: dict = field(default_factory=dict)  # scores: ((signal, dims) of q, of k, k's keys first) (scores.py)
     probe_values: dict = field(default_factory=dict)  # random masks sampled at the probe batch (random_ops.py)
 
     # --- what kinds use --------------------------------------------------

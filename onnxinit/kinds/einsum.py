@@ -92,7 +92,10 @@ def einsum(node, rule, ctx):
         raise Unsupported("unknown contraction length")
     k = int(np.prod([dims[a.index(letter)] for letter in contracted], dtype=np.int64))
     key_axis = b.index(out[-1]) - len(b) if out and out[-1] in b else None
-    product_of_independent(node.output[0], first, second, k, ctx, key_axis)
+    scores = len(a) == len(b) == len(out) >= 3 and a[:-2] == b[:-2] == out[:-2] and a[-1] == b[-1] \
+        and (a[-2], b[-2]) == (out[-2], out[-1])   # q_i . k_j: 'bhid,bhjd->bhij'
+    product_of_independent(node.output[0], first, second, k, ctx, key_axis,
+                           row_factors="keys_first" if scores else None)
 
 
 def dense_general(node, ctx, a: str, w: str, out: str, x: str, weight: str):

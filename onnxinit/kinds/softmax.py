@@ -11,6 +11,8 @@ per-site statistics at the input's real shape and evaluates the formula on them 
 * Masked logits (-inf, from a causal or padding mask) give exp = 0: those keys take no weight.
 * Below opset 13 the op works on the input flattened to 2-D at ``axis`` (the row is every
   axis from ``axis`` on); from 13 on the row is the one axis.
+* Attention scores (a MatMul of two activations) are drawn from their factors, q @ K, so
+  each query row's spread and the keys two queries share are as in the network (scores.py).
 * For a softmax over the last axis of attention scores, tau = E[(sum_j p_j e_j)^2] -
   E[sum_j p_j^2] nu_e (over nu_e) is measured on the same rows (``ctx.softmax_tilt``), for
   the attention-weighted values that follow (transformer.attention_mix), and how much two
@@ -24,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..montecarlo import draw_samples, query_overlap, set_from_samples, softmax_tilt
+from ..scores import draw_score_rows, score_factors_behind
 from .common import Unsupported, attributes, softmax_on_last_axis
 
 ELEMENTS = 1 << 17      # logits drawn per softmax (at least 2 samples)
@@ -67,13 +70,17 @@ def softmax(node, rule, ctx):
         raise Unsupported(f"{per_sample} elements a sample are too many to draw")
     shape = [dims[0] or int(np.clip(ELEMENTS // max(per_sample, 1), 2, 4096))] + list(dims[1:])
     parts = {}
-    z = draw_samples(sig, shape, np.random.default_rng(0), parts)
+    rng = np.random.default_rng(0)
+    factors = score_factors_behind(x, ctx) if rank >= 3 and softmax_on_last_axis(node, ctx) else None
+    z = draw_score_rows(sig, shape, factors, rng, parts) if factors else None
+    if z is None:
+        z = draw_samples(sig, shape, rng, parts)
     log = bool(rule.get("log", False))
     if opset >= 13:
         p = np.moveaxis(row_softmax(np.moveaxis(z, axis, -1), log), -1, axis)
     else:
         p = row_softmax(z.reshape(int(np.prod(shape[:axis], dtype=np.int64)), -1), log).reshape(shape)
     if not log and rank >= 3 and softmax_on_last_axis(node, ctx) and "element" in parts:
-        ctx.softmax_tilt[out] = softmax_tilt(z, parts["element"], p, parts["within"])
+        ctx.softmax_tilt[out] = softmax_tilt(z, parts["element"], p, parts["within"], parts.get("row_var"))
         ctx.query_overlap[out] = query_overlap(p)
     set_from_samples(out, p, ctx)

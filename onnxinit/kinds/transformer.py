@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..correlation import pointwise
 from ..signal import Signal, Sites, constant_signal, gaussian
 from .common import Unsupported, attributes, softmax_on_last_axis
 from .normalize import set_scaled
@@ -225,12 +226,41 @@ def _tilt(probabilities: str, values: str, ctx) -> float:
     values both read the keys' tokens x_j, and a value channel w . x_j has 1/D of its variance
     along the score direction a . x_j (random directions in the tokens' D dimensions), so
         E[(sum_j p_j v_j)^2] gains  nu_v / D * (E[(sum_j p_j e_j)^2] - E[sum_j p_j^2] nu_e) / nu_e.
-    D = heads x value width (the model width the projections read); 0 when unknown."""
+    D: the fan-in of the projection that made the values (``_token_width``), else heads x
+    value width (the model width, where the heads split it); 0 when unknown."""
     tau = ctx.softmax_tilt.get(_softmax_behind(probabilities, ctx))
-    dims = ctx.graph.static_dims(values)
-    if tau is None or not dims or len(dims) != 4 or not dims[1] or not dims[3]:
+    if tau is None:
         return 0.0
-    return max(tau, 0.0) / (dims[1] * dims[3])
+    width = _token_width(values, ctx)
+    dims = ctx.graph.static_dims(values)
+    if width is None and dims and len(dims) == 4 and dims[1] and dims[3]:
+        width = dims[1] * dims[3]
+    return max(tau, 0.0) / width if width else 0.0
+
+
+VALUE_PATH = {"Reshape", "Transpose", "Split", "Slice", "Gather", "Squeeze", "Unsqueeze", "Identity", "Cast",
+              "Add", "Sub", "Mul", "Div", "BatchNormalization", "Flatten"}
+
+
+def _token_width(values: str, ctx, limit: int = 8) -> int | None:
+    """The tokens' width D that the values were projected from: the fan-in of the pointwise
+    layer found going back from ``values`` through reshapes, splits, head transposes, a bias or
+    a scale (one signal input each). LeViT-style blocks project 32-wide tokens to 2 heads of
+    8, where heads x value width would give 16."""
+    graph = ctx.graph
+    name = values
+    for _ in range(limit):
+        layer = ctx.layer_outputs.get(name)
+        if layer is not None:
+            return layer.layout.fan_in if pointwise(layer.layout) else None
+        node = graph.producer.get(name)
+        if node is None or node.op_type not in VALUE_PATH or node.domain not in ("", "ai.onnx"):
+            return None
+        inputs = [i for i in node.input if i and i in graph.signal_tensors]
+        if len(inputs) != 1:
+            return None
+        name = inputs[0]
+    return None
 
 
 def matmul_product(node, ctx):
@@ -246,13 +276,16 @@ def matmul_product(node, ctx):
     k = dims[-1] if dims and dims[-1] else None
     if k is None:
         raise Unsupported("unknown contraction length")
-    product_of_independent(node.output[0], node.input[0], node.input[1], k, ctx)
+    product_of_independent(node.output[0], node.input[0], node.input[1], k, ctx, row_factors="matmul")
 
 
-def product_of_independent(out: str, first: str, second: str, k: int, ctx, key_axis: int | None = -1):
+def product_of_independent(out: str, first: str, second: str, k: int, ctx, key_axis: int | None = -1,
+                           row_factors: str | None = None):
     """Sum over k products of independent factors (the moments of MatMul's rule above).
     ``key_axis``: the axis of ``second`` that becomes the output's last axis (-1 for MatMul;
-    Einsum 'bid,bjd->bij' reads its keys along -2), None where no axis of it does."""
+    Einsum 'bid,bjd->bij' reads its keys along -2), None where no axis of it does.
+    ``row_factors``: "matmul" where out = first @ second, "keys_first" where out = first @ second^T
+    (Einsum 'bhid,bhjd->bhij'): a row softmax may draw the scores from the factors (scores.py)."""
     a, b = ctx.moments[first], ctx.moments[second]
     mean = k * a.mean * b.mean
     var = k * (a.second_moment * b.second_moment - (a.mean * b.mean) ** 2)
@@ -264,6 +297,9 @@ def product_of_independent(out: str, first: str, second: str, k: int, ctx, key_a
         # same for every key j, and a softmax over j cancels it: carried as the shared part
         shared = float(np.clip(k * (a.second_moment * _same_for_every_key(ctx.signal(second), b, key_axis)
                                     - (a.mean * b.mean) ** 2), 0.0, var))
+        if row_factors:   # the softmax draws its rows from q and k (scores.py); kept past their release
+            ctx.score_factors[out] = tuple((ctx.signal(f), ctx.graph.static_dims(f)) for f in (first, second)) \
+                + (row_factors == "keys_first",)
     ctx.set(out, gaussian(out, mean, shared, var - shared, (None,) * rank, positions))
 
 

@@ -322,6 +322,21 @@ class Graph:
         return {s for s in signal if self.elem_type(s) in FLOAT_TYPES or self.elem_type(s) is None}
 
 
+def upstream(graph: Graph, name: str, ops, limit: int):
+    """``name``, then the tensors before it, going back through producers of a type in ``ops``
+    (default domain) with one signal input each, at most ``limit`` steps."""
+    yield name
+    for _ in range(limit):
+        node = graph.producer.get(name)
+        if node is None or node.op_type not in ops or node.domain not in ("", "ai.onnx"):
+            return
+        inputs = [i for i in node.input if i and i in graph.signal_tensors]
+        if len(inputs) != 1:
+            return
+        name = inputs[0]
+        yield name
+
+
 def subgraphs(node) -> list:
     """The GraphProtos in ``node``'s attributes (If branches, Loop and Scan bodies)."""
     graphs = []

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .graph import upstream
 from .montecarlo import site_grid
 
 WALK = 6   # ops between the scores' MatMul and the softmax
@@ -38,17 +39,9 @@ def score_factors_behind(name: str, ctx):
     product whose scores reach ``name`` through ops that only scale, mask, shift or reshape
     them (taken: the softmax reads them once); None when there is none."""
     from .kinds.transformer import ROW_SOFTMAX_PATH
-    graph = ctx.graph
-    for _ in range(WALK):
-        if name in ctx.score_factors:
-            return ctx.score_factors.pop(name)
-        node = graph.producer.get(name)
-        if node is None or node.op_type not in ROW_SOFTMAX_PATH or node.domain not in ("", "ai.onnx"):
-            return None
-        inputs = [i for i in node.input if i and i in graph.signal_tensors]
-        if len(inputs) != 1:
-            return None
-        name = inputs[0]
+    for tensor in upstream(ctx.graph, name, ROW_SOFTMAX_PATH, WALK):
+        if tensor in ctx.score_factors:
+            return ctx.score_factors.pop(tensor)
     return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..correlation import pointwise
+from ..graph import upstream
 from ..signal import Signal, Sites, constant_signal, gaussian
 from .common import Unsupported, attributes, softmax_on_last_axis
 from .normalize import set_scaled
@@ -247,19 +248,10 @@ def _token_width(values: str, ctx, limit: int = 8) -> int | None:
     layer found going back from ``values`` through reshapes, splits, head transposes, a bias or
     a scale (one signal input each). LeViT-style blocks project 32-wide tokens to 2 heads of
     8, where heads x value width would give 16."""
-    graph = ctx.graph
-    name = values
-    for _ in range(limit):
+    for name in upstream(ctx.graph, values, VALUE_PATH, limit):
         layer = ctx.layer_outputs.get(name)
         if layer is not None:
             return layer.layout.fan_in if pointwise(layer.layout) else None
-        node = graph.producer.get(name)
-        if node is None or node.op_type not in VALUE_PATH or node.domain not in ("", "ai.onnx"):
-            return None
-        inputs = [i for i in node.input if i and i in graph.signal_tensors]
-        if len(inputs) != 1:
-            return None
-        name = inputs[0]
     return None
 
 

@@ -281,11 +281,13 @@ def concat_dims(node, ctx):
     shapes = []
     for name in node.input:
         dims = ctx.graph.static_dims(name) if name else None
-        if dims is None:
+        if dims is None or None in dims[1:]:
+            # a constant's own shape (ViT's class token expanded over the batch is kept at batch 1)
             value = ctx.graph.constant_value(name) if name else None
-            if value is None:
+            if value is None and dims is None:
                 return None
-            dims = list(np.shape(value))
+            if value is not None and (dims is None or np.ndim(value) == len(dims)):
+                dims = [None if dims is None else dims[0]] + list(np.shape(value))[1:]
         shapes.append(dims)
     rank = len(shapes[0])
     if any(len(d) != rank for d in shapes):

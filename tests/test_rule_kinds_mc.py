@@ -383,6 +383,23 @@ def test_attention_over_heads_narrower_than_the_tokens():
     check(chain(nodes, (1, tokens, dim), inits), (1, tokens, dim), cases=[(0.0, 1.0), (0.0, 2.0)], tol=0.12)
 
 
+def test_talking_heads_rows_times_values_keep_each_heads_and_units_mean():
+    """Talking heads (EfficientFormerV2): softmax rows mixed across heads by a 1x1 conv, times
+    values whose mean differs from unit to unit. Each mixed head's rows have their own mean (its
+    weights' sum over K, plus its bias), and over the K keys the means add up coherently for
+    every (head, unit), though they average to about zero pooled: the pooled rule had the mean
+    0 and the variance far too small."""
+    mix = np.array([[1.5, -0.5], [-1.0, -0.8]], np.float32).reshape(2, 2, 1, 1)
+    nodes = [helper.make_node("Split", ["x", "sizes"], ["a", "b"], axis=3),
+             helper.make_node("Softmax", ["a"], ["p"], axis=-1),
+             helper.make_node("Conv", ["p", "mix", "mix_bias"], ["mixed"], kernel_shape=[1, 1]),
+             helper.make_node("Add", ["b", "unit_offset"], ["v"]),
+             helper.make_node("MatMul", ["mixed", "v"], ["y"])]
+    inits = [("sizes", np.array([6, 4], np.int64)), ("mix", mix), ("mix_bias", np.array([0.1, -0.2], np.float32)),
+             ("unit_offset", np.array([1.0, -1.0, 0.5, -0.5], np.float32).reshape(1, 1, 1, 4))]
+    check(chain(nodes, (1, 2, 6, 10), inits), (1, 2, 6, 10))
+
+
 def _decomposed(kind, width=64):
     """Older exporters' spelled-out normalizations and GELUs on (N, 8, width) tokens."""
     two, eps, half, one = ("two", np.float32(2.0)), ("eps", np.float32(1e-5)), ("half", np.float32(0.5)), \

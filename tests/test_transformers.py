@@ -394,3 +394,56 @@ def test_seq_first_token_ids_through_a_transpose_index_the_table():
     measured = measure(init, ["e", "y"], gaussian_feeds(init, 512, np.random.default_rng(1)))
     for name in ("e", "y"):
         assert 0.9 <= measured[name][1] <= 1.1, (name, measured[name])
+
+
+def test_scores_read_by_a_shape_still_feed_their_softmax():
+    """RoBERTa's export reads the scaled scores' shape (for the mask) on their way to the
+    softmax; the Shape reads no values, so the scores still feed a row softmax (their part
+    equal for every key is carried as shared, and the softmax draws them from q and k)."""
+    from onnxinit.graph import Graph
+    from onnxinit.kinds.transformer import feeds_row_softmax
+    from onnxinit.moments import Moments
+    from onnxinit.propagate import propagate
+    from onnxinit.rules import RuleTable
+    path = next(p for p in ALL_SAMPLES if p.stem == "roberta_tiny")
+    graph = Graph(onnx.load(str(path)))
+    scores = [n.output[0] for n in graph.nodes if n.op_type == "MatMul" and
+              all(i in graph.signal_tensors for i in n.input)]
+    readers = {c.op_type for name in scores for c in graph.consumers[graph.consumers[name][0].output[0]]}
+    assert "Shape" in readers and "Softmax" in readers
+    ctx = propagate(graph, RuleTable(()), Moments(0.0, 1.0))
+    assert sum(feeds_row_softmax(name, ctx) for name in scores) == 2
+
+
+def test_class_token_expanded_over_the_batch_keeps_the_token_count():
+    """timm's PiT writes cls_token.expand(B, -1, -1) as Expand to Where(shape == -1, 1, shape),
+    a shape ONNX shape inference cannot read, so the Concat with the patch tokens had an
+    unknown token count and every softmax after it went to the fallback ("unknown row length",
+    statistics passed through: PiT-Ti's attention projections measured 0.001-0.01 for 1). The
+    class token is known at batch 1, so its own shape gives the count."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    width = 8
+    inits = [numpy_helper.from_array(a, n) for n, a in [
+        ("cls", rng.standard_normal((1, 1, width)).astype(np.float32)),
+        ("zero", np.array([0], np.int64)), ("minus", np.array([-1, -1], np.int64)),
+        ("ones", np.ones(3, np.int64)), ("m1", np.array(-1, np.int64)),
+        ("wq", rng.standard_normal((width, width)).astype(np.float32)),
+        ("wk", rng.standard_normal((width, width)).astype(np.float32)),
+        ("wv", rng.standard_normal((width, width)).astype(np.float32))]]
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Gather", ["shape", "zero"], ["batch"]),
+             helper.make_node("Concat", ["batch", "minus"], ["target"], axis=0),
+             helper.make_node("Equal", ["target", "m1"], ["free"]),
+             helper.make_node("Where", ["free", "ones", "target"], ["expand_to"]),
+             helper.make_node("Expand", ["cls", "expand_to"], ["cls_tokens"]),
+             helper.make_node("Concat", ["cls_tokens", "x"], ["tokens"], axis=1)]
+    for name in "qkv":
+        nodes.append(helper.make_node("MatMul", ["tokens", f"w{name}"], [name]))
+    nodes += [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]), helper.make_node("MatMul", ["q", "kt"], ["s"]),
+              helper.make_node("Softmax", ["s"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "v"], ["y"])]
+    graph = helper.make_graph(nodes, "cls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    _, report = onnxinit.autoinit(model, return_report=True)
+    assert not report.fallbacks, report.warnings
+    assert report.kinds_used.get("softmax") == 1

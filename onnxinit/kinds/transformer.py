@@ -5,7 +5,8 @@ import numpy as np
 
 from ..correlation import pointwise
 from ..graph import upstream
-from ..signal import Signal, Sites, constant_signal, gaussian
+from ..montecarlo import site_grid
+from ..signal import SITE_BUDGET, Signal, Sites, constant_signal, gaussian
 from .common import Unsupported, attributes, softmax_on_last_axis
 from .normalize import set_scaled
 
@@ -292,7 +293,67 @@ def product_of_independent(out: str, first: str, second: str, k: int, ctx, key_a
         if row_factors:   # the softmax draws its rows from q and k (scores.py); kept past their release
             ctx.score_factors[out] = tuple((ctx.signal(f), ctx.graph.static_dims(f)) for f in (first, second)) \
                 + (row_factors == "keys_first",)
+    elif row_factors == "matmul" and _mixes_softmax_rows(first, ctx):
+        per_site = _product_per_site(out, first, second, ctx, positions)
+        if per_site is not None:
+            ctx.set(out, per_site)
+            return
     ctx.set(out, gaussian(out, mean, shared, var - shared, (None,) * rank, positions))
+
+
+MIXED_ROWS_PATH = {"Conv", "Add", "Sub", "Mul", "Div", "Reshape", "Transpose", "Identity", "Cast"}
+
+
+def _mixes_softmax_rows(name: str, ctx) -> bool:
+    """Is ``name`` softmax rows mixed across heads (a 1x1 conv over the heads: talking heads),
+    shifted or scaled? Its products with the values then contract over the keys."""
+    graph = ctx.graph
+    for tensor in upstream(graph, name, MIXED_ROWS_PATH, 6):
+        node = graph.producer.get(tensor)
+        if node is not None and softmax_on_last_axis(node, ctx):
+            return True
+    return False
+
+
+def _product_per_site(out: str, first: str, second: str, ctx, positions: bool):
+    """Y = A @ B for A softmax rows mixed across heads (each row sums to a constant) and B
+    independent of A, with their sites' own moments (not pooled first):
+
+        mean_ij = sum_k m_A,ik m_B,kj,
+        var_ij  = sum_k E[A_ik^2] nu_B,kj + K / (K - 1) sum_k nu_A,ik (m_B,kj - avg_k m_B,kj)^2,
+
+    averaged over the rows i (kept along every other axis); a row's fixed sum leaves the part of
+    B's mean common to all keys no variance to carry. Pooled means can cancel where the
+    sites' do not add up to zero: EfficientFormerV2's talking heads mix the softmax rows of
+    all heads with signed weights, so each head's mixed rows have their own mean (1/K times
+    that head's weights' sum), which times each value unit's own mean adds up over the K keys
+    (measured E[Y^2] 228, of it 191 the per-(head, unit) means; pooled, the rule gave 49 and
+    mean 0). Used for mixed softmax rows only (_mixes_softmax_rows): EfficientViT's linear
+    attention, (ReLU(k)^T [v, 1]) then a division by its last column, came out worse with it
+    (37 of 52 layers in band instead of 50), its quotient's parts being far from independent.
+    None where the shapes are not static or the output would need too many sites."""
+    dims_a, dims_b = ctx.graph.static_dims(first), ctx.graph.static_dims(second)
+    if not dims_a or not dims_b or len(dims_a) != len(dims_b) or len(dims_a) < 3 \
+            or any(d is None for d in dims_a[1:] + dims_b[1:]):
+        return None
+    a_mean, a_var, _ = site_grid(ctx.signal(first), [1] + list(dims_a[1:]))
+    b_mean, b_var, _ = site_grid(ctx.signal(second), [1] + list(dims_b[1:]))
+    if not all(np.all(np.isfinite(x)) for x in (a_mean, a_var, b_mean, b_var)):
+        return None
+    keys = a_mean.shape[-1]
+    rows = lambda x: x.mean(axis=-2, keepdims=True)   # noqa: E731
+    b_offset = b_mean - b_mean.mean(axis=-2, keepdims=True)
+    try:
+        mean = np.matmul(rows(a_mean), b_mean)
+        var = np.matmul(rows(a_var + a_mean ** 2), b_var) \
+            + np.matmul(rows(a_var), b_offset ** 2) * (keys / max(keys - 1, 1))
+    except ValueError:
+        return None
+    if int(np.prod(mean.shape, dtype=np.int64)) > SITE_BUDGET:
+        return None
+    axes = [None] + [Sites.full(d) if d > 1 else None for d in mean.shape[1:]]
+    var = np.maximum(var, 0.0)
+    return gaussian(out, mean, 0.0 if positions else var, var if positions else 0.0, axes, positions)
 
 
 def _same_for_every_key(keys, pooled, key_axis: int | None = -1) -> float:
@@ -312,14 +373,16 @@ def _same_for_every_key(keys, pooled, key_axis: int | None = -1) -> float:
     return float(np.sum(weights * (over_keys ** 2 + shared_over_keys)))
 
 
+SHAPE_READERS = {"Shape", "Size"}   # consumers that read a tensor's shape, not its values
 ROW_SOFTMAX_PATH = {"Div", "Mul", "Add", "Sub", "Where", "Cast", "Identity", "Reshape"}
 
 
 def feeds_row_softmax(name: str, ctx, limit: int = 6) -> bool:
-    """Does ``name`` reach a softmax over its last axis through scaling, masking and reshapes only?"""
+    """Does ``name`` reach a softmax over its last axis through scaling, masking and reshapes only?
+    (A Shape reading it on the way, as RoBERTa's export does, does not count.)"""
     graph = ctx.graph
     for _ in range(limit):
-        consumers = graph.consumers.get(name, [])
+        consumers = [c for c in graph.consumers.get(name, []) if c.op_type not in SHAPE_READERS]
         if len(consumers) != 1 or consumers[0].domain not in ("", "ai.onnx"):
             return False
         node = consumers[0]

@@ -302,6 +302,7 @@ def product_of_independent(out: str, first: str, second: str, k: int, ctx, key_a
 
 
 MIXED_ROWS_PATH = {"Conv", "Add", "Sub", "Mul", "Div", "Reshape", "Transpose", "Identity", "Cast"}
+PER_SITE_LIMIT = 1 << 22   # elements a sample of either factor, beyond which the pooled rule is used
 
 
 def _mixes_softmax_rows(name: str, ctx) -> bool:
@@ -334,14 +335,18 @@ def _product_per_site(out: str, first: str, second: str, ctx, positions: bool):
     None where the shapes are not static or the output would need too many sites."""
     dims_a, dims_b = ctx.graph.static_dims(first), ctx.graph.static_dims(second)
     if not dims_a or not dims_b or len(dims_a) != len(dims_b) or len(dims_a) < 3 \
-            or any(d is None for d in dims_a[1:] + dims_b[1:]):
+            or any(d is None for d in dims_a[1:] + dims_b[1:]) \
+            or max(np.prod(dims_a[1:], dtype=np.float64), np.prod(dims_b[1:], dtype=np.float64)) > PER_SITE_LIMIT:
         return None
     a_mean, a_var, _ = site_grid(ctx.signal(first), [1] + list(dims_a[1:]))
     b_mean, b_var, _ = site_grid(ctx.signal(second), [1] + list(dims_b[1:]))
     if not all(np.all(np.isfinite(x)) for x in (a_mean, a_var, b_mean, b_var)):
         return None
     keys = a_mean.shape[-1]
-    rows = lambda x: x.mean(axis=-2, keepdims=True)   # noqa: E731
+
+    def rows(x):
+        return x.mean(axis=-2, keepdims=True)
+
     b_offset = b_mean - b_mean.mean(axis=-2, keepdims=True)
     try:
         mean = np.matmul(rows(a_mean), b_mean)

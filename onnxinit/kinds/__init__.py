@@ -6,7 +6,7 @@ with ``ctx.set``. The rule table (rules/ops.toml) maps op types to kinds.
 from .einsum import einsum
 from .elementwise import elementwise
 from .normalize import batchnorm, fixed, group_norm
-from .pooling import pool, reduce_positions
+from .pooling import pool, reduce_norm, reduce_positions
 from .recurrent import recurrent
 from .softmax import softmax
 from .structural import broadcast, concat, dropout, identity, pad, reshape, slice_positions, split
@@ -29,6 +29,7 @@ KINDS = {
     "split": split,
     "slice": slice_positions,
     "reduce": reduce_positions,
+    "norm": reduce_norm,
     "softmax": softmax,
     "group_norm": group_norm,
     "broadcast": broadcast,

@@ -379,3 +379,85 @@ def reduce_positions(node, rule, ctx):
         values = pooled.values.reshape(pooled.values.shape[:r + 2])
         pooled = Signal(pooled.roots, values, pooled.axes[:2])
     ctx.set(out, pooled)
+
+
+def reduce_norm(node, rule, ctx):
+    """ReduceSumSquare (S = sum_j x_j^2) and ReduceL2 (sqrt S) over any axes but the batch.
+
+    With x_j = m_j + s_j + e_j over the n reduced elements (site weights w_j summing to n;
+    s the part common to a sample's positions, e independent from element to element):
+        E[S] = sum_j w_j (m_j^2 + nu_j),
+        Var S = sum_j w_j (2 nu_e,j^2 + 4 (m_j^2 + nu_s,j) nu_e,j)      (within: element to element)
+              + 4 (sum_j w_j m_j sqrt(nu_s,j))^2 + 2 (sum_j w_j nu_s,j)^2  (shared: one s per sample),
+    and sqrt S by the delta method: mean sqrt(E[S]) - Var S / (8 E[S]^1.5), variance
+    Var S / (4 E[S]) (S is a sum of
+    many terms: F.normalize over 196 tokens, XCiT). Where the input has sample roots (a part
+    common to its positions), S is instead their function (``_norm_given_samples``). Unknown
+    lengths go to the fallback."""
+    from .common import Unsupported
+    x, out = node.input[0], node.output[0]
+    sig = ctx.signal(x)
+    attrs = attributes(node)
+    axes = attrs.get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = ctx.value(node.input[1])
+        if value is None:
+            raise Unsupported("axes not known")
+        axes = [int(a) for a in np.asarray(value).reshape(-1)]
+    reduced = sorted({a % sig.rank for a in axes}) if axes else list(range(1, sig.rank))
+    if 0 in reduced or not reduced:
+        raise Unsupported("reduction over the batch axis")
+    dims = ctx.graph.static_dims(x)
+    lengths = [sig.axes[a].length if sig.axes[a] is not None else (dims[a] if dims and dims[a] else None)
+               for a in reduced]
+    if not all(lengths):
+        raise Unsupported("unknown number of elements to reduce")
+    n = float(np.prod(lengths))
+    mean, var, shared = (np.asarray(a, np.float64) for a in sig.stats())
+    within = np.maximum(var - shared, 0.0)
+    red = tuple(reduced)
+    w = np.broadcast_to(sig.site_weights(), mean.shape)
+    w = w / w.sum(axis=red, keepdims=True) * n
+    total = (w * (mean ** 2 + var)).sum(axis=red, keepdims=True)
+    var_within = (w * (2 * within ** 2 + 4 * (mean ** 2 + shared) * within)).sum(axis=red, keepdims=True)
+    var_shared = 4 * (w * mean * np.sqrt(shared)).sum(axis=red, keepdims=True) ** 2 \
+        + 2 * (w * shared).sum(axis=red, keepdims=True) ** 2
+    if rule.get("root", False):
+        safe = np.maximum(total, 1e-300)
+        root = np.sqrt(total) - (var_within + var_shared) / (8 * safe * np.sqrt(safe))   # E[sqrt S], 2nd order
+        total, var_within, var_shared = np.maximum(root, 0.0), var_within / (4 * safe), var_shared / (4 * safe)
+    axes_out = [None if a in reduced else sig.axes[a] for a in range(sig.rank)]
+    if not int(attrs.get("keepdims", 1)):
+        kept = [a for a in range(sig.rank) if a not in reduced]
+        shape = [total.shape[a] for a in kept]
+        total, var_within, var_shared = (a.reshape(shape) for a in (total, var_within, var_shared))
+        axes_out = [axes_out[a] for a in kept]
+    positions = ctx.has_positions(out)
+    given = _norm_given_samples(sig, red, w, bool(rule.get("root", False)), total.shape)
+    if given is not None:   # a function of the input's own sample roots: x / ||x|| stays exact
+        ctx.set(out, Signal(given[0], given[1], axes_out))
+        return
+    ctx.set(out, gaussian(out, total, var_shared if positions else var_shared + var_within,
+                          var_within if positions else 0.0, axes_out, positions))
+
+
+def _norm_given_samples(sig, red, w, root: bool, shape):
+    """(roots, values) of S (or sqrt S) as a function of the input's sample roots, the
+    element-to-element part averaged out (many reduced elements):
+        E[S | z] = sum_j w_j E[x_j^2 | z],
+    so a later x / ||x|| (F.normalize) sees the part the norm shares with x (per-channel
+    offsets carried as a sample root make the norm vary with them)."""
+    picked = [i for i, r in enumerate(sig.roots) if r.kind == "sample"]
+    if not picked or len(picked) > 2:
+        return None
+    values = sig.values
+    r = len(sig.roots)
+    squares = values * values
+    for i in sorted((i for i in range(r) if i not in picked), reverse=True):
+        weights = sig.roots[i].weights.reshape([-1 if m == i else 1 for m in range(squares.ndim)])
+        squares = (squares * weights).sum(axis=i)
+    k = len(picked)
+    total = (w.reshape((1,) * k + w.shape) * squares).sum(axis=tuple(k + a for a in red), keepdims=True)
+    if root:
+        total = np.sqrt(total)
+    return tuple(sig.roots[i] for i in picked), total.reshape(total.shape[:k] + tuple(shape))

@@ -339,6 +339,16 @@ def _channel_sum(node, rule, ctx, sig, keepdims: bool):
     ctx.set(out, gaussian(out, *totals, axes, ctx.has_positions(out)))
 
 
+def reduced_axes(node, ctx):
+    """A Reduce op's axes: the attribute (up to opset 17) or the constant second input; None
+    where neither is given or known."""
+    axes = attributes(node).get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = ctx.value(node.input[1])
+        axes = None if value is None else [int(a) for a in np.asarray(value).reshape(-1)]
+    return axes
+
+
 def reduce_positions(node, rule, ctx):
     """ReduceMean / ReduceSum / ReduceMax over all position axes (2, 3, ...): global pooling by another name.
 
@@ -350,10 +360,7 @@ def reduce_positions(node, rule, ctx):
     x, out = node.input[0], node.output[0]
     sig = ctx.signal(x)
     attrs = attributes(node)
-    axes = attrs.get("axes")
-    if axes is None and len(node.input) > 1 and node.input[1]:
-        value = ctx.value(node.input[1])
-        axes = None if value is None else [int(a) for a in np.asarray(value).reshape(-1)]
+    axes = reduced_axes(node, ctx)
     if axes is None or sig.rank < 3:
         raise Unsupported("reduction over other axes than all positions")
     reduced = sorted({a % sig.rank for a in axes})
@@ -398,14 +405,11 @@ def reduce_norm(node, rule, ctx):
     x, out = node.input[0], node.output[0]
     sig = ctx.signal(x)
     attrs = attributes(node)
-    axes = attrs.get("axes")
-    if axes is None and len(node.input) > 1 and node.input[1]:
-        value = ctx.value(node.input[1])
-        if value is None:
-            raise Unsupported("axes not known")
-        axes = [int(a) for a in np.asarray(value).reshape(-1)]
-    reduced = sorted({a % sig.rank for a in axes}) if axes else list(range(1, sig.rank))
-    if 0 in reduced or not reduced:
+    axes = reduced_axes(node, ctx)
+    if not axes:
+        raise Unsupported("axes not known, or every axis (the batch included)")
+    reduced = sorted({a % sig.rank for a in axes})
+    if 0 in reduced:
         raise Unsupported("reduction over the batch axis")
     dims = ctx.graph.static_dims(x)
     lengths = [sig.axes[a].length if sig.axes[a] is not None else (dims[a] if dims and dims[a] else None)

@@ -396,11 +396,10 @@ def reduce_norm(node, rule, ctx):
         E[S] = sum_j w_j (m_j^2 + nu_j),
         Var S = sum_j w_j (2 nu_e,j^2 + 4 (m_j^2 + nu_s,j) nu_e,j)      (within: element to element)
               + 4 (sum_j w_j m_j sqrt(nu_s,j))^2 + 2 (sum_j w_j nu_s,j)^2  (shared: one s per sample),
-    and sqrt S by the delta method: mean sqrt(E[S]) - Var S / (8 E[S]^1.5), variance
-    Var S / (4 E[S]) (S is a sum of
-    many terms: F.normalize over 196 tokens, XCiT). Where the input has sample roots (a part
-    common to its positions), S is instead their function (``_norm_given_samples``). Unknown
-    lengths go to the fallback."""
+    and sqrt S by the delta method (S is a sum of many terms: F.normalize over 196 tokens in
+    XCiT): mean sqrt(E[S]) - Var S / (8 E[S]^1.5), variance Var S / (4 E[S]). Where the input
+    has sample roots (a part common to its positions), S is instead their function
+    (``_norm_given_samples``). Unknown lengths go to the fallback."""
     from .common import Unsupported
     x, out = node.input[0], node.output[0]
     sig = ctx.signal(x)

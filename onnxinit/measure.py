@@ -144,9 +144,21 @@ def data_feeds(model: onnx.ModelProto, path, input_map: dict | None = None, limi
             raise OnnxInitError(f"{path}: array {key!r} is not numeric ({value.dtype})")
         if value.ndim and len(value) == 0:
             raise OnnxInitError(f"{path}: array {key!r} has no rows")
+        _check_shape(path, key, vi, value.shape)
         feeds[vi.name] = value[:limit] if limit and value.ndim else value
         feeds[vi.name] = feeds[vi.name].astype(dtype, copy=False)
     return feeds
+
+
+def _check_shape(path, key, vi, shape) -> None:
+    """The array has the input's rank and its fixed sizes after the batch axis."""
+    if not vi.type.tensor_type.HasField("shape"):
+        return
+    dims = vi.type.tensor_type.shape.dim
+    declared = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    wanted = "(" + ", ".join(str(d) if d else "?" for d in declared) + ")"
+    if len(shape) != len(declared) or any(d and s != d for d, s in zip(declared[1:], shape[1:])):
+        raise OnnxInitError(f"{path}: array {key!r} has shape {tuple(shape)}; input {vi.name!r} takes {wanted}")
 
 
 def providers(device: str = "auto") -> list:

@@ -65,7 +65,7 @@ class Report:
         if self.layers and self.command == "autoinit":
             worst = max(self.layers, key=lambda r: abs(r.output.var - 1.0))
             lines.append(f"  predicted output of every weighted layer: mean 0, variance 1 "
-                         f"(largest deviation {worst.output.var:.4g} at {worst.node})")
+                         f"(the one furthest from 1: variance {worst.output.var:.4g} at {worst.node})")
         elif self.layers:
             low = min(self.layers, key=lambda r: r.output.var)
             high = max(self.layers, key=lambda r: r.output.var)

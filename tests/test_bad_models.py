@@ -170,6 +170,22 @@ def test_nan_data_refused_by_inspect_and_check(tmp_path):
         assert r.returncode == 2 and "NaN or infinite" in r.stderr, r.stderr
 
 
+def test_data_of_the_wrong_shape_is_named_with_the_shape_the_input_takes(tmp_path):
+    """An --data array whose rank or fixed sizes do not fit the input: one line naming both
+    shapes, exit 2, for every command that reads data (the empirical mode printed ONNX
+    Runtime's raw message before)."""
+    path = tmp_path / "m.onnx"
+    path.write_bytes(mlp().SerializeToString())
+    data = tmp_path / "d.npz"
+    for shape in [(4, 7), (4, 8, 1)]:
+        np.savez(data, x=np.zeros(shape, np.float32))
+        for command in (["inspect", path, "--measure"], ["autoinit", path, "-o", tmp_path / "o.onnx", "--mode",
+                                                          "empirical"]):
+            r = run(*command, "--data", data)
+            assert r.returncode == 2 and f"has shape {shape}; input 'x' takes (?, 8)" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "m.onnx"]
+
+
 def test_input_without_a_rank_is_refused_and_a_scalar_input_is_measured(tmp_path):
     """No shape at all on the input: exit 2 naming it (before, every layer but the last was left
     undrawn and autoinit exited 0). A scalar float input (a temperature) is fed as a 0-d array."""

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 
 from .errors import OnnxInitError
+from .functions import OpenedCalls
 from .graph import FLOAT_TYPES, Graph, symbolic_dim_names, taken_sizes
 from .model_io import load_model, save_model
 from .moments import Moments
@@ -135,6 +136,7 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
         model, source = _as_model(model_or_path, lazy=spill is not None)
         check_sizes(model, sizes)
         untied = untie_uniform_weights(model, table)
+        calls = OpenedCalls(model, lambda node: table.lookup(node) is not None)
         graph = Graph(model, sizes)
         graph.spill = spill
         if not any(graph.is_weight(t.name) for t in model.graph.initializer) and not graph.constant_nodes:
@@ -160,6 +162,12 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
         from .empirical import calibrate
         calibration = calibrate(model, result.layers, batch=batch, data=data, input_mean=input_mean,
                                 input_var=input_var, device=device, seed=seed, sizes=sizes)
+    kept_open = calls.active and bool(result.structural_changes)
+    if kept_open:   # nodes were inserted among the opened ones: the model is written opened
+        result.structural_changes.append("function calls replaced by their bodies (they hold the inserted nodes): "
+                                         + ", ".join(sorted(set(calls.notes))))
+    else:
+        calls.restore()
     record_provenance(model, {"command": "autoinit", "seed": str(seed), "distribution": distribution,
                               "residual": residual, "mode": mode})
     report = Report(
@@ -176,6 +184,8 @@ def autoinit(model_or_path, seed: int = 0, distribution: str = "truncated", rule
     if result.recurrent:
         report.extra["recurrent"] = [{"node": n, "op_type": op, "weight_std_per_gate": std, "output": m.as_dict()}
                                      for n, op, std, m in result.recurrent]
+    if calls.notes:
+        report.extra["opened"] = calls.notes
     if calibration:
         report.extra["empirical"] = [{"node": n, "measured_second_moment": m, "factor": f} for n, m, f in calibration]
     return (model, report) if return_report else model

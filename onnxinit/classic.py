@@ -9,6 +9,7 @@ import numpy as np
 from .api import _as_model, record_provenance, single_threaded_blas
 from .untie import untie_uniform_weights
 from .errors import OnnxInitError
+from .functions import OpenedCalls
 from .graph import Graph
 from .layers import embedding_tables, normalization_params, weighted_layers
 from .moments import Moments
@@ -69,12 +70,14 @@ def init(model_or_path, scheme: str = "he-normal", seed: int = 0, gain: str = "s
     model, source = _as_model(model_or_path)
     table = RuleTable(rules)
     untied = untie_uniform_weights(model, table)
+    calls = OpenedCalls(model, lambda node: table.lookup(node) is not None)   # weights inside are drawn
     graph = Graph(model)
     draws = draw_all(graph, table, ClassicScheme(scheme, seed, gain))
     if not any(d.role in ("weight", "embedding") for d in draws):
         raise OnnxInitError(f"{source}: found no weighted layer with a float weight to initialize")
     with single_threaded_blas():
         result = propagate(Graph(model), table, Moments(input_mean, input_var), None, progress)
+    calls.restore()
     record_provenance(model, {"command": "init", "scheme": scheme, "seed": str(seed), "gain": gain})
     report = Report(
         command="init", model=source, output=None, seed=seed,

@@ -19,6 +19,7 @@ import numpy as np
 
 from .api import _as_model, check_sizes
 from .errors import OnnxInitError
+from .functions import OpenedCalls
 from .graph import Graph, taken_sizes
 from .moments import Moments
 from .propagate import propagate
@@ -117,8 +118,10 @@ def inspect_model(model_or_path, measure_signal: bool = False, batch: int = 16, 
         raise OnnxInitError(f"need 0 < min-var < max-var (got {min_var}, {max_var})")
     model, source = _as_model(model_or_path)
     check_sizes(model, sizes)
+    table = RuleTable(rules)
+    calls = OpenedCalls(model, lambda node: table.lookup(node) is not None)   # inside them is measured too
     graph = Graph(model, sizes)
-    ctx = propagate(graph, RuleTable(rules), Moments(input_mean, input_var))
+    ctx = propagate(graph, table, Moments(input_mean, input_var))
     rows = _rows(graph, ctx, all_tensors)
     if measure_signal and rows:
         from .measure import data_feeds, gaussian_feeds, measure
@@ -138,6 +141,8 @@ def inspect_model(model_or_path, measure_signal: bool = False, batch: int = 16, 
         seconds=time.perf_counter() - start)
     inspection = Inspection(report, rows, min_var, max_var)
     report.extra = {"rows": [r.as_dict() for r in rows], "summary": inspection.summary_dict()}
+    if calls.notes:
+        report.extra["opened"] = calls.notes
     return inspection
 
 

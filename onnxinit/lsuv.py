@@ -18,6 +18,7 @@ from .untie import untie_uniform_weights
 from .classic import draw_all
 from .empirical import _session
 from .errors import OnnxInitError
+from .functions import OpenedCalls
 from .graph import Graph
 from .layers import weighted_layers
 from .measure import data_feeds
@@ -43,6 +44,7 @@ def lsuv(model_or_path, data, seed: int = 0, tol: float = TOLERANCE, max_iters: 
     table = RuleTable(rules)
     model = source_model
     untied = untie_uniform_weights(model, table)
+    calls = OpenedCalls(model, lambda node: table.lookup(node) is not None)   # weights inside are drawn
     graph = Graph(model)
     draw_all(graph, table, ClassicScheme("orthogonal", seed))
     layers = weighted_layers(graph, table)
@@ -88,6 +90,7 @@ def lsuv(model_or_path, data, seed: int = 0, tol: float = TOLERANCE, max_iters: 
     floats = [v.astype(np.float64) for v in feeds.values() if v.dtype.kind == "f"]
     data_moments = Moments(float(np.mean(floats[0])), float(np.var(floats[0]))) if floats else Moments(0.0, 1.0)
     result = propagate(Graph(model), table, data_moments, None)
+    calls.restore()
     record_provenance(model, {"command": "lsuv", "seed": str(seed), "tol": str(tol), "max_iters": str(max_iters)})
     report = Report(command="lsuv", model=source, output=None, seed=seed,
                     options={"tol": tol, "max_iters": max_iters, "batch": batch, "data": str(data),

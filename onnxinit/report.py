@@ -82,6 +82,11 @@ class Report:
         if self.fallbacks:
             lines.append("  ops without a rule (Monte Carlo estimate, or passed through; see warnings): " +
                          ", ".join(f"{k} x{v}" for k, v in sorted(self.fallbacks.items())))
+        if self.extra.get("opened"):
+            counts = {}
+            for what in self.extra["opened"]:
+                counts[what] = counts.get(what, 0) + 1
+            lines.append("  analysed through their bodies: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())))
         for name, m in self.output_moments.items():
             lines.append(f"  model output {name}: predicted mean {m.mean:.4g}, variance {m.var:.4g}")
         if self.options.get("dims"):

@@ -19,6 +19,7 @@ from . import __version__
 from .api import _as_model, record_provenance, single_threaded_blas
 from .untie import untie_uniform_weights
 from .errors import OnnxInitError
+from .functions import OpenedCalls
 from .graph import Graph
 from .patterns import NORMALIZATIONS, find_structure
 from .rules import RuleTable
@@ -127,6 +128,7 @@ def wninit(model_or_path, seed: int = 0, direction: str = "forward", return_repo
     model, source = _as_model(model_or_path)
     table = RuleTable(rules)
     untied = untie_uniform_weights(model, table)
+    calls = OpenedCalls(model, lambda node: table.lookup(node) is not None)   # weights inside are drawn
     graph = Graph(model)
     structure = find_structure(graph, table)
     if not structure.layers:
@@ -156,6 +158,7 @@ def wninit(model_or_path, seed: int = 0, direction: str = "forward", return_repo
                 layer.block, layer.rectified, g_role, fan_in, fan_out, g,
                 {"v": wn.v, "g": wn.g, "axes": list(wn.axes)} if wn else None, layer.bias))
     normalization = _reset_normalization(graph, done)
+    calls.restore()
     record_provenance(model, {"command": "wninit", "seed": str(seed), "direction": direction})
     result = WnResult(source, seed, direction, records, structure.blocks, structure.stages, normalization,
                       warnings, time.perf_counter() - start)

@@ -142,6 +142,8 @@ def output_dims(node, ctx):
         return concat_dims(node, ctx)
     if op == "MatMul":
         return matmul_dims(dims, ctx.graph.static_dims(node.input[1]))
+    if op in REDUCE_OPS:
+        return reduce_dims(node, ctx, dims)
     if op == "Split":
         axis = int(attrs.get("axis", 0)) % len(dims)
         if dims[axis] is None:
@@ -159,6 +161,25 @@ def output_dims(node, ctx):
 
 
 WINDOW_OPS = {"Conv", "MaxPool", "AveragePool", "LpPool"}
+REDUCE_OPS = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+              "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"}
+
+
+def reduce_dims(node, ctx, dims):
+    """[dims] of a Reduce* output: the reduced axes kept as 1 (keepdims, the default) or dropped;
+    no axes reduces every axis, or none with noop_with_empty_axes. None when the axes input is
+    not known."""
+    attrs = attributes(node)
+    if len(node.input) > 1 and node.input[1] and _value(ctx, node.input[1]) is None:
+        return None
+    axes = _axes(node, ctx, len(dims))
+    if not axes:
+        if attrs.get("noop_with_empty_axes", 0):
+            return [list(dims)]
+        axes = list(range(len(dims)))
+    if attrs.get("keepdims", 1):
+        return [[1 if i in axes else d for i, d in enumerate(dims)]]
+    return [[d for i, d in enumerate(dims) if i not in axes]]
 
 
 def window_dims(node, ctx, dims):

@@ -8,11 +8,12 @@ import numpy as np
 import onnx
 
 from .batch_one import value_at_batch_one
-from .dims import PROBE_BATCH, SAME_SHAPE, fill_dims
+from .dims import PROBE_BATCH, REDUCE_OPS, SAME_SHAPE, fill_dims
 from .graph import CACHE_LIMIT, FLOAT_TYPES, Graph, outer_references, subgraph_weights, subgraphs
 from .kinds import KINDS
 from .kinds.common import Unsupported, attributes, signal_inputs
-from .kinds.transformer import single_row
+from .decomposed import spelled_out_norm
+from .kinds.transformer import normalize, single_row
 from .measure import index_range
 from .moments import Moments
 from .montecarlo import monte_carlo
@@ -439,7 +440,8 @@ def _visit(node, ctx: Propagation, rules, residual: str) -> None:
             as_signal(name, ctx)
     if node.op_type in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Split", "Gather", "Slice",
                         "Pad", "MatMul", "Concat", "Expand", "Tile", "Conv", "MaxPool", "AveragePool",
-                        "LpPool", "GlobalAveragePool", "GlobalMaxPool") or node.op_type in SAME_SHAPE:
+                        "LpPool", "GlobalAveragePool", "GlobalMaxPool") or node.op_type in SAME_SHAPE \
+            or node.op_type in REDUCE_OPS:
         fill_dims(node, ctx)
     rule = rules.lookup(node)
     if rule is None:
@@ -448,6 +450,8 @@ def _visit(node, ctx: Propagation, rules, residual: str) -> None:
     if rule.kind == "elementwise" and len([o for o in node.output if o]) == 1:
         _masks_at_batch_one(node, ctx)
         fill_dims(node, ctx, elementwise=True)
+    if _spelled_out_norm(node, ctx):
+        return
     if residual == "weighted" and node.op_type in ("Add", "Sum") and node.domain in ("", "ai.onnx") \
             and len(signal_inputs(node, ctx)) >= 2:
         weight_residual_sum(node, ctx)
@@ -462,6 +466,23 @@ def _visit(node, ctx: Propagation, rules, residual: str) -> None:
         _fallback(node, ctx, str(exc))
     except (ValueError, IndexError) as exc:   # shapes the rule did not foresee: never a crash
         _fallback(node, ctx, f"the {rule.kind} rule failed ({exc})")
+
+
+def _spelled_out_norm(node, ctx: Propagation) -> bool:
+    """A Mul or Div that divides a tensor by its own root mean square (decomposed.py) gets the
+    normalization's output; True when it did."""
+    if node.op_type not in ("Mul", "Div") or node.domain not in ("", "ai.onnx"):
+        return False
+    norm = spelled_out_norm(node, ctx)
+    if norm is None:
+        return False
+    numerator, axis, eps = norm
+    try:
+        normalize(ctx, numerator, node.output[0], axis, eps, center=False)
+    except (ValueError, IndexError):   # shapes it did not foresee: the elementwise rule instead
+        return False
+    ctx.kinds_used["layernorm"] = ctx.kinds_used.get("layernorm", 0) + 1
+    return True
 
 
 def _masks_at_batch_one(node, ctx: Propagation) -> None:

@@ -109,28 +109,33 @@ def layernorm(node, rule, ctx):
     and v the mean square: y = x / sqrt(E[x^2] + eps) * gamma.
     """
     attrs = attributes(node)
-    x, out = node.input[0], node.output[0]
-    sig = ctx.signal(x)
-    axis = int(attrs.get("axis", -1)) % sig.rank
-    eps = float(attrs.get("epsilon", 1e-5))
     scale = node.input[1] if len(node.input) > 1 else ""
     bias = node.input[2] if len(node.input) > 2 else ""
     if ctx.scheme is not None:
         ctx.scheme.set_affine(node, scale, bias)
+    factors = [np.asarray(ctx.value(name), np.float64) if name and ctx.value(name) is not None else None
+               for name in (scale, bias)]
+    normalize(ctx, node.input[0], node.output[0], int(attrs.get("axis", -1)), float(attrs.get("epsilon", 1e-5)),
+              rule.get("center", True), *factors)
+
+
+def normalize(ctx, x: str, out: str, axis: int, eps: float, center: bool, gamma=None, beta=None) -> None:
+    """out = (x - m) / sqrt(v + eps) * gamma + beta over the axes from ``axis`` on (m = 0 and v
+    the mean square without ``center``), m and v from x's sites pooled over those axes."""
+    sig = ctx.signal(x)
+    axis %= sig.rank
     mean, var, _ = sig.stats()
     w = np.broadcast_to(sig.site_weights(), mean.shape)
     normalized = tuple(range(axis, sig.rank))
     total = w.sum(axis=normalized, keepdims=True)
     m = (w * mean).sum(axis=normalized, keepdims=True) / total
     second = (w * (var + mean ** 2)).sum(axis=normalized, keepdims=True) / total
-    if not rule.get("center", True):
+    if not center:
         m = np.zeros_like(m)
     std = np.sqrt(np.maximum(second - m * m, 0.0) + eps)
     r = len(sig.roots)
     values = (sig.values - m.reshape((1,) * r + m.shape)) / std.reshape((1,) * r + std.shape)
-    factors = [np.asarray(ctx.value(name), np.float64) if name and ctx.value(name) is not None else None
-               for name in (scale, bias)]
-    set_scaled(ctx, out, Signal(sig.roots, values, sig.axes), *factors)
+    set_scaled(ctx, out, Signal(sig.roots, values, sig.axes), gamma, beta)
 
 
 TRANSPARENT_TO_ROWS = {"Identity", "Cast", "Dropout"}

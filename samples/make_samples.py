@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 OPSET = 17
+OPSETS = {"decoder_opset11": 11}   # samples exported at another opset
 
 
 def deep_relu_mlp(depth=20, width=128, n_in=64, n_out=10):
@@ -144,6 +145,50 @@ class TinyGpt(TinyBert):
 
     def feed_forward(self, b, x):
         return x + b["fc2"](nn.functional.gelu(b["fc1"](b["ln2"](x))))
+
+
+class RmsNorm(nn.Module):
+    """LLaMA's RMSNorm as its code spells it: x * rsqrt(mean(x^2) + eps) * weight."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class TinyOldOpset(nn.Module):
+    """A pre-norm decoder for an opset-11 export, where every normalization and GELU is spelled
+    out op by op: RMSNorm before a causal attention (Pow-ReduceMean-Add-Sqrt-Reciprocal-Mul),
+    LayerNorm before a GELU MLP (ReduceMean-Sub-Pow-ReduceMean-Add-Sqrt-Div, x * 0.5 * (1 +
+    Erf(x / sqrt 2))), a final RMSNorm, 32 wide (a quotient taken as two independent factors is
+    off by D / (D - 2) there)."""
+
+    def __init__(self, vocab=1000, seq=16, dim=32, heads=4, layers=2, ffn=96, n_out=10):
+        super().__init__()
+        self.heads = heads
+        self.tok = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.randn(1, seq, dim) * 0.02)
+        self.blocks = nn.ModuleList(nn.ModuleDict({
+            "norm1": RmsNorm(dim), "qkv": nn.Linear(dim, 3 * dim, bias=False), "proj": nn.Linear(dim, dim, bias=False),
+            "norm2": nn.LayerNorm(dim), "fc1": nn.Linear(dim, ffn), "fc2": nn.Linear(ffn, dim)}) for _ in range(layers))
+        self.norm = RmsNorm(dim)
+        self.head = nn.Linear(dim, n_out)
+        self.register_buffer("mask", torch.triu(torch.ones(seq, seq, dtype=torch.bool), 1))   # Trilu needs opset 14
+
+    def forward(self, ids):
+        x = self.tok(ids) + self.pos
+        n, t, d = x.shape
+        h = self.heads
+        mask = self.mask
+        for b in self.blocks:
+            q, k, v = b["qkv"](b["norm1"](x)).reshape(n, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+            scores = (q @ k.transpose(-1, -2) / (d // h) ** 0.5).masked_fill(mask, float("-inf"))
+            x = x + b["proj"]((scores.softmax(-1) @ v).transpose(1, 2).reshape(n, t, d))
+            x = x + b["fc2"](nn.functional.gelu(b["fc1"](b["norm2"](x))))
+        return self.head(self.norm(x))
 
 
 class TinyRoberta(TinyBert):
@@ -558,6 +603,8 @@ SAMPLES = {
     "roberta_tiny": (lambda: (TinyRoberta(), (16,), 1000), False),
     "opt_tiny": (lambda: (TinyOpt(), (16,), 1000), False),
     "deberta_tiny": (lambda: (TinyDeberta(), (16,), 1000), False),
+    # exported at opset 11 (OPSETS): RMSNorm, LayerNorm and GELU spelled out op by op
+    "decoder_opset11": (lambda: (TinyOldOpset(), (16,), 1000), False),
     # 4 blocks, training mode without constant folding: Linear weights reach MatMul through Transpose
     "bert_train": (lambda: (TinyBert(layers=4), (16,), 1000), True),
     # nn.MultiheadAttention in training mode: q/k/v stacked on axis 0 and indexed with Gather
@@ -589,7 +636,7 @@ def export(name, outdir):
         torch.onnx.export(
             model, torch.randint(0, vocab[0], (2, *in_shape)) if vocab else torch.randn(2, *in_shape), str(path),
             dynamo=False,
-            training=mode, do_constant_folding=not training, opset_version=OPSET,
+            training=mode, do_constant_folding=not training, opset_version=OPSETS.get(name, OPSET),
             input_names=["input"], output_names=["output"],
             dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     return path

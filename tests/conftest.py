@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 ALL_SAMPLES = sorted((Path(__file__).resolve().parent.parent / "samples").glob("*.onnx"))
-MODERN = {"bert_tiny", "bert_train", "vit_mha", "gpt_tiny", "roberta_tiny", "opt_tiny", "deberta_tiny", "convnext_tiny", "mbconv_se", "densenet_block",
+MODERN = {"bert_tiny", "bert_train", "vit_mha", "gpt_tiny", "roberta_tiny", "opt_tiny", "deberta_tiny", "decoder_opset11",
+          "convnext_tiny", "mbconv_se", "densenet_block",
           "shufflenet_units", "rnn_stack", "nfnet_eca", "levit_block", "split_attention"}
 # 56-layer ResNets for wninit and its patterns (issue 6): AutoInit's prediction misses some of their layers
 # by 10-15%, and measuring them layer by layer takes minutes, so the per-sample loops leave them out

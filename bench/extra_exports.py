@@ -12,7 +12,7 @@ that throwaway environment is enough for these exports.
 
 Image models: timm, random init, eval mode (BatchNorm folded where torch.onnx folds it), at the
 sizes in SIZES. Text models: transformers configs shrunk to 2-4 layers of width 128, token ids
-in [0, 1000) with an all-ones mask. TorchScript exporter, opset 17, dynamic batch.
+in [0, 1000) with an all-ones mask. TorchScript exporter, opset 17 (EXPORT_OPSET=N for another), dynamic batch.
 """
 import glob
 import json
@@ -127,7 +127,7 @@ for name in names:
             model, args, inputs = hf(name)
         model.eval()
         dyn = {i: {0: "batch"} for i in inputs}
-        torch.onnx.export(model, args, f"{out}/{name}.onnx", input_names=inputs, output_names=["y"], opset_version=17, dynamo=False, dynamic_axes=dyn)
+        torch.onnx.export(model, args, f"{out}/{name}.onnx", input_names=inputs, output_names=["y"], opset_version=int(os.environ.get("EXPORT_OPSET", 17)), dynamo=False, dynamic_axes=dyn)
         print(json.dumps({"model": name, "ok": True, "s": round(time.time() - t, 1)}), flush=True)
     except Exception as e:
         print(json.dumps({"model": name, "ok": False, "error": repr(e)[:300]}), flush=True)

@@ -101,9 +101,11 @@ def _inverse_root(name: str, ctx):
 
 
 def spelled_out_norm(node, ctx):
-    """(numerator, axis, eps) when ``node`` (Mul or Div) divides a tensor by its own root mean
-    square over its trailing axes (from ``axis`` on, the batch axis kept), else None. LayerNorm's
-    numerator is already centered (x - ReduceMean(x)), so both forms are its RMS normalization."""
+    """(numerator, axes, eps) when ``node`` (Mul or Div) divides a tensor by its own root mean
+    square over its trailing axes (a LayerNorm's, the batch axis kept) or over axis 1 (the
+    channels of an NCHW map, as ConvNeXt's channels-first LayerNorm spells it), else None.
+    LayerNorm's numerator is already centered (x - ReduceMean(x)), so both forms are its RMS
+    normalization."""
     if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
         return None
     if node.op_type == "Div":
@@ -119,6 +121,6 @@ def spelled_out_norm(node, ctx):
             continue
         rank = ctx.signal(numerator).rank   # known where shape inference lost it (opset-11 reshapes)
         axes = sorted({a % rank for a in found[1]}) if rank else []
-        if axes and axes[0] > 0 and axes == list(range(axes[0], rank)):
-            return numerator, axes[0], eps
+        if axes and axes[0] > 0 and (axes == list(range(axes[0], rank)) or axes == [1]):
+            return numerator, tuple(axes), eps
     return None

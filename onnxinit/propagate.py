@@ -476,9 +476,9 @@ def _spelled_out_norm(node, ctx: Propagation) -> bool:
     norm = spelled_out_norm(node, ctx)
     if norm is None:
         return False
-    numerator, axis, eps = norm
+    numerator, axes, eps = norm
     try:
-        normalize(ctx, numerator, node.output[0], axis, eps, center=False)
+        normalize(ctx, numerator, node.output[0], axes, eps, center=False)
     except (ValueError, IndexError):   # shapes it did not foresee: the elementwise rule instead
         return False
     ctx.kinds_used["layernorm"] = ctx.kinds_used.get("layernorm", 0) + 1

@@ -498,6 +498,23 @@ def test_decomposed_normalizations_are_recognized_at_narrow_width(kind):
         check(model, (1, 8, width), tol=0.05)
 
 
+def test_channels_first_layernorm_spelled_out_is_recognized():
+    """ConvNeXt's own LayerNorm for NCHW maps: u = x.mean(1), s = (x - u)^2.mean(1),
+    (x - u) / sqrt(s + eps), then a per-channel weight and bias: normalized over the 8 channels
+    at each position (op by op, 1.58x the variance)."""
+    shape = (1, 8, 4, 4)
+    mean = lambda x, y: helper.make_node("ReduceMean", [x], [y], axes=[1], keepdims=1)  # noqa: E731
+    nodes = [mean("x", "u"), helper.make_node("Sub", ["x", "u"], ["d"]), helper.make_node("Pow", ["d", "two"], ["sq"]),
+             mean("sq", "s"), helper.make_node("Add", ["s", "eps"], ["se"]), helper.make_node("Sqrt", ["se"], ["sd"]),
+             helper.make_node("Div", ["d", "sd"], ["n"]), helper.make_node("Mul", ["n", "w"], ["nw"]),
+             helper.make_node("Add", ["nw", "b"], ["y"])]
+    inits = [("two", np.float32(2.0)), ("eps", np.float32(1e-6)), ("w", RNG.uniform(0.5, 1.5, (8, 1, 1))),
+             ("b", RNG.normal(0, 0.3, (8, 1, 1)))]
+    model = chain(nodes, shape, inits)
+    assert predicted_kinds(model).get("layernorm") == 1
+    check(model, shape)
+
+
 def predicted_kinds(model):
     return propagate(Graph(onnx.shape_inference.infer_shapes(model)), RuleTable(()), Moments(0.0, 1.0)).kinds_used
 

@@ -119,14 +119,13 @@ def layernorm(node, rule, ctx):
               rule.get("center", True), *factors)
 
 
-def normalize(ctx, x: str, out: str, axis: int, eps: float, center: bool, gamma=None, beta=None) -> None:
-    """out = (x - m) / sqrt(v + eps) * gamma + beta over the axes from ``axis`` on (m = 0 and v
-    the mean square without ``center``), m and v from x's sites pooled over those axes."""
+def normalize(ctx, x: str, out: str, axes, eps: float, center: bool, gamma=None, beta=None) -> None:
+    """out = (x - m) / sqrt(v + eps) * gamma + beta over ``axes`` (an int: the axes from it on;
+    m = 0 and v the mean square without ``center``), m and v from x's sites pooled over them."""
     sig = ctx.signal(x)
-    axis %= sig.rank
+    normalized = tuple(range(axes % sig.rank, sig.rank)) if isinstance(axes, int) else tuple(axes)
     mean, var, _ = sig.stats()
     w = np.broadcast_to(sig.site_weights(), mean.shape)
-    normalized = tuple(range(axis, sig.rank))
     total = w.sum(axis=normalized, keepdims=True)
     m = (w * mean).sum(axis=normalized, keepdims=True) / total
     second = (w * (var + mean ** 2)).sum(axis=normalized, keepdims=True) / total

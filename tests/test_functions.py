@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxinit
@@ -114,3 +115,19 @@ def test_inspect_lists_the_layers_inside_local_functions(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "/4 (measured)" in r.stdout, r.stdout   # stem, the block's two MatMuls, head (2 before)
+
+
+@pytest.mark.training
+def test_training_graph_of_a_model_with_local_functions_has_every_weight():
+    """NIO and compare build a gradient graph: ONNX Runtime has no gradient for a function call,
+    so the bodies are inlined there (before: 'The gradient builder has not been registered')."""
+    from onnxinit.train.engine import GradientEngine
+    from onnxinit.train.graph import build_training_graph
+    model = local_function_model()
+    training = build_training_graph(model)
+    assert set(training.weights) == {t.name for t in model.graph.initializer}
+    engine = GradientEngine(training)
+    rng = np.random.default_rng(0)
+    feeds = {"input": rng.standard_normal((8, 16)).astype(np.float32), training.labels: rng.integers(0, 10, 8)}
+    loss, grads = engine.loss_and_grads({}, feeds)
+    assert np.isfinite(loss) and all(np.any(g != 0) for g in grads.values())

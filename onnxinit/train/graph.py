@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper, version_converter
+from onnx import helper, inliner, numpy_helper, version_converter
 
 from ..errors import OnnxInitError
 from ..graph import Graph
@@ -260,6 +260,8 @@ def build_training_graph(model: onnx.ModelProto, output_name: str | None = None,
         raise OnnxInitError(f"loss must be one of {', '.join(LOSSES)}, not {loss!r}")
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
+    if prepared.functions:   # ONNX Runtime has no gradient for a call: the bodies, weights by name
+        prepared = inliner.inline_local_functions(prepared)
     prepared = _within_versions(prepared)
     view = Graph(prepared)
     logits = output_name or (view.outputs[0] if view.outputs else None)

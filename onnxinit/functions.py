@@ -2,9 +2,8 @@
 
 A node may stand for a graph of other ops: a call of a model-local function (what
 ``torch.onnx.export(export_modules_as_functions=...)`` writes, with the module's weights
-passed in as inputs), or a standard op that has no rule but whose schema defines it as a
-function of other ops (opset 23's Attention and RotaryEmbedding, SwiGLU,
-MeanVarianceNormalization, ...). Left closed, the weights of a local function are never
+passed in as inputs), or a standard op that has no rule but whose schema builds it as a
+function of other ops for the node at hand (opset 23's Attention and RotaryEmbedding, CastLike). Left closed, the weights of a local function are never
 drawn and such an op can only be estimated by Monte Carlo as a whole.
 
 ``opened_nodes`` gives the graph's nodes with every such call replaced by its body
@@ -38,42 +37,66 @@ def _types(shell: onnx.ModelProto) -> dict:
 
 
 def _schema_body(node, opset: int, types: dict):
-    """The FunctionProto a standard op is defined as at ``opset``, or None."""
+    """The FunctionProto onnx builds for this node of a standard op at ``opset`` (a
+    context-dependent function: the node's attributes and input types are in it), or None."""
     try:
         schema = defs.get_schema(node.op_type, opset, "")
     except Exception:  # noqa: BLE001 - not a standard op at this opset
         return None
     try:
         if schema.has_context_dependent_function:
+            version = _latest(schema.context_dependent_function_opset_versions, opset)
             empty = onnx.TypeProto().SerializeToString()
             inputs = [types[name].SerializeToString() if name in types else empty for name in node.input]
             data = schema.get_context_dependent_function_with_opset_version(
-                opset, node.SerializeToString(), inputs)
-            if not data:
-                return None
-            body = onnx.FunctionProto()
-            body.ParseFromString(data)
-            return body
-        if schema.has_function:
-            body = schema.get_function_with_opset_version(opset)
-            return body if body is not None and len(body.node) else None
+                version, node.SerializeToString(), inputs) if version else b""
+        else:   # a static body refers to the node's attributes and their defaults: left closed
+            return None
     except Exception:  # noqa: BLE001 - a body onnx cannot build for this node (types unknown)
         return None
-    return None
+    if not data:
+        return None
+    body = onnx.FunctionProto()
+    body.ParseFromString(data)
+    return body if len(body.node) else None
+
+
+def _body_opset(body) -> int | None:
+    return next((o.version for o in body.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def _latest(versions, opset: int):
+    """The newest of a schema's function versions the model's opset can use (None if none)."""
+    usable = [v for v in versions if v <= opset]
+    return max(usable) if usable else None
+
+
+CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}
+FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+
+
+def _carries_floats(node, types: dict) -> bool:
+    """A float input and a float output (Range over int64 shape arithmetic, GreaterOrEqual's
+    bools are left closed)."""
+    def is_float(name):
+        t = types.get(name)
+        return t is not None and t.HasField("tensor_type") and t.tensor_type.elem_type in FLOATS
+    return any(is_float(n) for n in node.input if n) and any(is_float(n) for n in node.output if n)
 
 
 def _open_standard_ops(shell: onnx.ModelProto, has_rule, opened: list) -> bool:
-    """Route every rule-less standard op with a function body through a local function of
-    that body; True when any was."""
+    """Route every rule-less standard op that onnx builds a body for through a local function of
+    that body, where it computes floats from floats and the body has no control flow; True when
+    any was."""
     opset = _default_opset(shell)
     types = _types(shell)
     changed = False
     for node in shell.graph.node:
-        if node.domain not in ("", "ai.onnx") or has_rule(node):
+        if node.domain not in ("", "ai.onnx") or has_rule(node) or not _carries_floats(node, types):
             continue
         body = _schema_body(node, opset, types)
-        if body is None:
-            continue
+        if body is None or any(n.op_type in CONTROL_FLOW for n in body.node) or _body_opset(body) != opset:
+            continue   # a body written for an older opset is not inlined into this one
         body.domain, body.name = OPENED_DOMAIN, f"{node.op_type}_{len(shell.functions)}"
         shell.functions.append(body)
         opened.append(node.op_type)
@@ -108,6 +131,8 @@ def opened_nodes(model: onnx.ModelProto, has_rule) -> tuple[list, list, list[str
             shell = inliner.inline_local_functions(shell)
         except Exception:  # noqa: BLE001 - onnx cannot inline it: analyse the graph as written
             return [], [], []
+        if any((n.domain, n.op_type) in {(f.domain, f.name) for f in shell.functions} for n in shell.graph.node):
+            return [], [], []   # a call onnx left in place (opset versions it would not mix)
         del shell.functions[:]
     if not opened:
         return [], [], []
@@ -176,4 +201,4 @@ def _has_body(op_type: str, opset: int) -> bool:
         schema = defs.get_schema(op_type, opset, "")
     except Exception:  # noqa: BLE001 - not a standard op
         return False
-    return schema.has_function or schema.has_context_dependent_function
+    return schema.has_context_dependent_function

@@ -162,7 +162,7 @@ def monte_carlo(node, ctx) -> str:
         per_sample = int(np.prod(dims[1:], dtype=np.float64)) if len(dims) > 1 else 1
         if per_sample > MAX_ELEMENTS:
             raise Unsupported(f"input {name!r} is too large to sample ({per_sample:.3g} elements a sample)")
-        if dims[0] is None:
+        if dims and dims[0] is None:
             batch = batch or int(np.clip(MIN_ELEMENTS // max(per_sample, 1), 2, MAX_BATCH))
     for name in node.input:
         if not name:

@@ -360,7 +360,10 @@ def _fallback(node, ctx: Propagation, reason: str) -> None:
         try:
             engine = monte_carlo_from_source(node, ctx)   # inputs computed from one tensor stay related
         except Exception:  # noqa: BLE001 - an optional refinement: the plain fallback follows
-            engine = monte_carlo(node, ctx)
+            try:
+                engine = monte_carlo(node, ctx)
+            except (ValueError, IndexError, TypeError) as exc:   # shapes it did not foresee: never a crash
+                raise Unsupported(f"sampling failed ({type(exc).__name__}: {exc})") from exc
     except Unsupported as exc:
         ctx.warn(f"{key} ({node.name or node.output[0]}): {reason}; Monte Carlo impossible ({exc}); "
                  "statistics passed through unchanged")

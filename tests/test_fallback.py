@@ -224,3 +224,19 @@ def test_attention_op_runs_from_the_common_source_of_q_k_v():
     assert abs(predicted.var - out.var()) <= 0.1 * out.var(), (predicted, out.var())
     shared = out.mean(axis=1).var(axis=0).mean()   # per channel, the variance of the mean over the tokens
     assert abs(predicted.shared - shared) <= 0.2 * shared, (predicted, shared)
+
+
+def test_a_scalar_signal_into_an_op_without_a_rule_is_sampled():
+    """A scalar float graph input (a temperature) through an op without a rule (Shrink at opset
+    17) into a layer's output: the Monte Carlo fallback samples it (it raised IndexError on the
+    missing batch axis, and autoinit crashed)."""
+    nodes = [helper.make_node("Shrink", ["t"], ["ts"], lambd=0.1), helper.make_node("MatMul", ["x", "w"], ["m"]),
+             helper.make_node("Mul", ["m", "ts"], ["y"])]
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32), "w")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8]),
+                                           helper.make_tensor_value_info("t", TensorProto.FLOAT, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    new, report = onnxinit.autoinit(model, return_report=True)
+    assert report.fallbacks == {"Shrink": 1} and "estimated by Monte Carlo" in report.warnings[0], report.warnings
+    onnx.checker.check_model(new)

@@ -108,6 +108,23 @@ def test_opset_23_attention_is_analysed_through_its_schema_body(tmp_path):
     assert abs(ratios["proj_o"] - 1) < 0.1, ratios
 
 
+def test_integer_function_ops_stay_closed():
+    """Range has a schema body too (a Loop): over int64 shape arithmetic it is left as it is, and
+    so is an op with bool outputs; only ops that compute floats from floats are opened."""
+    model = attention_model()
+    graph = model.graph
+    graph.node.insert(0, helper.make_node("Range", ["start", "limit", "delta"], ["positions"]))
+    graph.node.insert(1, helper.make_node("Cast", ["positions"], ["positions_f"], to=TensorProto.FLOAT))
+    graph.node.insert(2, helper.make_node("GreaterOrEqual", ["positions_f", "half"], ["late"]))
+    graph.initializer.extend([numpy_helper.from_array(np.array(v, np.int64), n)
+                              for n, v in (("start", 0), ("limit", 16), ("delta", 1))])
+    graph.initializer.append(numpy_helper.from_array(np.array(8.0, np.float32), "half"))
+    graph.output.append(helper.make_tensor_value_info("late", TensorProto.BOOL, [16]))
+    new, report = onnxinit.autoinit(model, seed=0, return_report=True)
+    assert set(report.extra["opened"]) == {"Attention", "CastLike"}, report.extra["opened"]   # CastLike: in its body
+    assert [n.op_type for n in new.graph.node] == [n.op_type for n in model.graph.node]
+
+
 def test_inspect_lists_the_layers_inside_local_functions(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(local_function_model(blocks=1), path)
